@@ -1,0 +1,3 @@
+"""tralign: Trust Region preference alignment."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Preference data: the embedded synthetic task and the tokenise/collate path."""

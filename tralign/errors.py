@@ -1,0 +1,19 @@
+"""User-facing errors: printed as one line naming the place (config key, file and line), no traceback."""
+
+from __future__ import annotations
+
+
+class TralignError(Exception):
+    """An error in what the user gave us (config, data, paths), as opposed to a bug."""
+
+
+class ConfigError(TralignError):
+    """One or more invalid config values; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config: " + "; ".join(self.problems))
+
+
+class DataError(TralignError):
+    """Unreadable or malformed input data; the message names the file and line (or row)."""

@@ -1,0 +1,1 @@
+"""Evaluation: golden reward on the embedded task (judges, win rates and KL come with tralign.evaluate)."""

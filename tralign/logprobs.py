@@ -1,0 +1,101 @@
+"""Per-token and per-sequence log-probs from causal-LM logits, without a full fp32 log_softmax.
+
+A (B, T, V) log_softmax in float32 is the largest tensor in a preference-training step (V ~ 150k),
+and plain autograd would keep the upcast copy alive for the backward pass. Here the upcast happens
+``chunk_size`` batch rows at a time in both the forward and the backward pass, through a small
+custom autograd function, so at most a (chunk_size, T, V) float32 temporary exists at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log p(t | ctx) = logit_t - logsumexp(logits), computed and differentiated row-chunk-wise.
+
+    d/d logits_v = g * (1[v = t] - softmax(logits)_v); the softmax is recomputed per chunk in the
+    backward from the saved (original-dtype) logits and the saved float32 logsumexp.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+        # logits: (B, T-1, V) predicting targets: (B, T-1).
+        out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for start in range(0, logits.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk = logits[rows].float()
+            lse[rows] = torch.logsumexp(chunk, dim=-1)
+            out[rows] = chunk.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        grad_out = grad_out.float()
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            g = grad_out[rows].unsqueeze(-1)
+            probs = torch.exp(logits[rows].float() - lse[rows].unsqueeze(-1))
+            # where, not multiply: positions with zero upstream grad (masked prompt/padding) may hold
+            # garbage logits whose softmax is NaN; they must get exactly 0 gradient.
+            grad = torch.where(g != 0, -probs * g, 0.0)
+            grad.scatter_add_(-1, targets[rows].unsqueeze(-1), g)
+            grad_logits[rows] = grad.to(logits.dtype)
+        return grad_logits, None, None
+
+
+def token_logps(logits: Tensor, input_ids: Tensor, *, chunk_size: int = 8) -> Tensor:
+    """Per-token log-probs of the next token: (B, T-1) float32.
+
+    out[b, t] = log softmax(logits[b, t])[input_ids[b, t + 1]]
+
+    ``logits`` (B, T, V) may be any float dtype (bf16 included); the softmax is taken in float32,
+    ``chunk_size`` batch rows at a time. Gradients flow to ``logits``.
+    """
+    _check_chunk_size(chunk_size)
+    if logits.dim() != 3 or input_ids.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, T, V) and input_ids (B, T), got {tuple(logits.shape)} "
+            f"and {tuple(input_ids.shape)}"
+        )
+    return _ChunkedTokenLogps.apply(logits[:, :-1], input_ids[:, 1:].long(), chunk_size)
+
+
+def sequence_logps(
+    logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, chunk_size: int = 8
+) -> tuple[Tensor, Tensor]:
+    """Summed completion log-probs and completion token counts, both (B,) float32.
+
+    logps[b]  = sum_{t >= 1, loss_mask[b, t]} log p(input_ids[b, t] | input_ids[b, :t])
+    counts[b] = sum_{t >= 1} loss_mask[b, t]
+
+    ``loss_mask`` (B, T) marks the input positions whose token probability counts (completion
+    tokens); prompt and padding are 0. Position 0 never counts: nothing predicts it.
+    """
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    mask = loss_mask[:, 1:].bool()
+    # Masked targets may be ignore-index values such as -100; point them at a valid id so the
+    # gather stays in range. Their log-probs are discarded below.
+    safe_ids = torch.where(loss_mask.bool(), input_ids, torch.zeros_like(input_ids))
+    per_token = token_logps(logits, safe_ids, chunk_size=chunk_size)
+    # where, not multiply: a garbage (inf/NaN) log-prob at a padding position times 0 is NaN.
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    return per_token.sum(-1), mask.sum(-1).to(torch.float32)

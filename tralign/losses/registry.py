@@ -1,0 +1,131 @@
+"""Name -> loss lookup, parameter checking, and one uniform entry point for paired losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tralign.losses.dpo import dpo_loss
+from tralign.losses.ipo import ipo_loss
+from tralign.losses.kto import kto_loss, kto_pair_loss
+from tralign.losses.sft import sft_loss
+from tralign.losses.types import LossOutput, MeanFn, PairLogps
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Static facts about a loss.
+
+    ``params`` are the keyword parameters ``pair_loss`` accepts for it (the config surface), which
+    are not always the pure function's keywords (ipo: ``length_normalize`` decides whether the
+    lengths are passed).
+    """
+
+    name: str
+    fn: Callable[..., LossOutput]
+    needs_reference: bool
+    paired: bool
+    params: frozenset[str]
+
+
+_KTO_PARAMS = frozenset({"beta", "desirable_weight", "undesirable_weight"})
+
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec(
+            "dpo", dpo_loss, needs_reference=True, paired=True, params=frozenset({"beta", "label_smoothing"})
+        ),
+        LossSpec(
+            "ipo", ipo_loss, needs_reference=True, paired=True, params=frozenset({"beta", "length_normalize"})
+        ),
+        LossSpec("kto_pair", kto_pair_loss, needs_reference=True, paired=True, params=_KTO_PARAMS),
+        LossSpec("kto", kto_loss, needs_reference=True, paired=False, params=_KTO_PARAMS),
+        LossSpec("sft", sft_loss, needs_reference=False, paired=True, params=frozenset()),
+    )
+}
+
+
+def _valid_names() -> str:
+    return ", ".join(sorted(LOSSES))
+
+
+def get_loss(name: str) -> LossSpec:
+    """Look up a loss by name; unknown names raise ValueError listing the valid ones."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {_valid_names()}") from None
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but `beta: true` in a config is a mistake, not 1.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_loss_params(name: str, params: Mapping[str, Any]) -> list[str]:
+    """Return every problem with ``params`` for loss ``name`` (empty list when fine); never raises.
+
+    Collecting instead of raising lets the config validator report all mistakes at once.
+    """
+    if name not in LOSSES:
+        return [f"unknown loss {name!r}; valid losses: {_valid_names()}"]
+    spec = LOSSES[name]
+    problems: list[str] = []
+    valid = ", ".join(sorted(spec.params)) or "(none)"
+    for key in sorted(set(params) - spec.params):
+        problems.append(f"loss {name!r}: unknown parameter {key!r}; valid parameters: {valid}")
+
+    def number(key: str, ok: Callable[[float], bool], rule: str) -> None:
+        if key not in params or key not in spec.params:
+            return
+        value = params[key]
+        if not _is_number(value) or not ok(float(value)):
+            problems.append(f"loss {name!r}: {key} must be {rule}, got {value!r}")
+
+    number("beta", lambda v: v > 0, "a number > 0")
+    number("label_smoothing", lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
+    number("desirable_weight", lambda v: v > 0, "a number > 0")
+    number("undesirable_weight", lambda v: v > 0, "a number > 0")
+    if "length_normalize" in params and "length_normalize" in spec.params:
+        value = params["length_normalize"]
+        if not isinstance(value, bool):
+            problems.append(f"loss {name!r}: length_normalize must be true or false, got {value!r}")
+    return problems
+
+
+def pair_loss(name: str, logps: PairLogps, *, kl_mean: MeanFn | None = None, **params: Any) -> LossOutput:
+    """Compute a paired loss (dpo, ipo, kto_pair, sft) from a ``PairLogps`` batch.
+
+    ipo: ``length_normalize`` (default True) decides whether completion lengths are passed.
+    sft: uses only ``policy_chosen`` and ``chosen_lengths``.
+    ``kl_mean`` is forwarded to kto_pair only (the other losses have no batch statistics).
+    Unknown parameters, unknown names and the unpaired ``kto`` raise ValueError.
+    """
+    spec = get_loss(name)
+    if not spec.paired:
+        raise ValueError(f"loss {name!r} is not a paired loss; pair_loss handles paired losses only")
+    unknown = set(params) - spec.params
+    if unknown:
+        valid = ", ".join(sorted(spec.params)) or "(none)"
+        raise ValueError(f"loss {name!r}: unknown parameter(s) {sorted(unknown)}; valid parameters: {valid}")
+
+    four = (logps.policy_chosen, logps.policy_rejected, logps.ref_chosen, logps.ref_rejected)
+    if name == "dpo":
+        return dpo_loss(*four, **params)
+    if name == "ipo":
+        ipo_params = dict(params)
+        if ipo_params.pop("length_normalize", True):
+            return ipo_loss(
+                *four,
+                chosen_lengths=logps.chosen_lengths,
+                rejected_lengths=logps.rejected_lengths,
+                **ipo_params,
+            )
+        return ipo_loss(*four, **ipo_params)
+    if name == "kto_pair":
+        return kto_pair_loss(*four, kl_mean=kl_mean, **params)
+    if name == "sft":
+        return sft_loss(logps.policy_chosen, logps.chosen_lengths)
+    raise AssertionError(f"paired loss {name!r} has no pair_loss branch")  # registry/branch drift

@@ -1,0 +1,217 @@
+"""The LightningModule: a trained policy, a frozen moving reference, and optionally the frozen
+starting policy. It wires the pure pieces together: ``logprobs`` → ``losses`` → optimizer step →
+``reference`` update; it does not know which loss it runs or how the reference rule works.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from tralign.data.collate import pad_fraction
+from tralign.logprobs import sequence_logps
+from tralign.losses import LossOutput, PairLogps, get_loss, pair_loss, sft_loss
+from tralign.reference import ReferenceSchedule, update_reference_
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy that gradients never train: eval mode (dropout off), requires_grad off."""
+    clone = copy.deepcopy(model)
+    clone.eval()
+    clone.requires_grad_(False)
+    return clone
+
+
+def lr_lambda(warmup_steps: int, max_steps: int, schedule: str):
+    """Multiplier of the base learning rate after ``step`` optimizer steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or max_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+    return factor
+
+
+class AlignmentModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: nn.Module,
+        *,
+        loss: str,
+        loss_params: Mapping[str, Any],
+        schedule: ReferenceSchedule,
+        optim: Mapping[str, Any],
+        max_steps: int,
+        keep_initial: bool = True,
+    ):
+        super().__init__()
+        self.policy = policy
+        self.spec = get_loss(loss)
+        self.loss_params = dict(loss_params)
+        self.beta = float(self.loss_params.get("beta", 1.0))
+        self.schedule = schedule
+        self.optim = dict(optim)
+        self.max_steps = max_steps
+        # Submodules, so checkpoints carry them and strategies place/shard them like the policy.
+        self.reference = frozen_copy(policy) if self.spec.needs_reference else None
+        # With a frozen reference the reference *is* the starting policy: no third copy needed.
+        self.initial = frozen_copy(policy) if keep_initial and self.reference is not None and schedule.active else None
+        self.ref_updates = 0
+        self._seen_step = 0
+
+    # --- frozen copies stay in eval mode whatever Lightning does to the module ---------------
+    def train(self, mode: bool = True) -> AlignmentModule:
+        super().train(mode)
+        for frozen in (self.reference, self.initial):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    @property
+    def initial_model(self) -> nn.Module | None:
+        """The starting policy if we have it (the reference itself when it never moves)."""
+        if self.initial is not None:
+            return self.initial
+        return self.reference if not self.schedule.active else None
+
+    # --- forward pieces ------------------------------------------------------------------------
+    @staticmethod
+    def _logps(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+
+    def _frozen_logps(self, model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            return self._logps(model, batch)[0]
+
+    def _kl_mean(self):
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # KTO's reference point is a mean over the *global* batch.
+            return lambda t: self.all_gather(t.detach()).float().mean()
+        return None
+
+    def _pair_step(self, batch: Mapping[str, Tensor]) -> tuple[LossOutput, PairLogps]:
+        n = batch["input_ids"].shape[0] // 2  # rows: chosen first, then rejected
+        logps, counts = self._logps(self.policy, batch)
+        ref = self._frozen_logps(self.reference, batch)
+        pair = PairLogps(
+            policy_chosen=logps[:n],
+            policy_rejected=logps[n:],
+            ref_chosen=ref[:n],
+            ref_rejected=ref[n:],
+            chosen_lengths=counts[:n],
+            rejected_lengths=counts[n:],
+        )
+        return pair_loss(self.spec.name, pair, kl_mean=self._kl_mean(), **self.loss_params), pair
+
+    @staticmethod
+    def _pair_metrics(prefix: str, out: LossOutput, pair: PairLogps) -> dict[str, Tensor]:
+        chosen, rejected = out.chosen_rewards, out.rejected_rewards
+        return {
+            f"{prefix}/loss": out.losses.mean().detach(),
+            f"{prefix}/rewards/chosen": chosen.mean(),
+            f"{prefix}/rewards/rejected": rejected.mean(),
+            f"{prefix}/rewards/margins": (chosen - rejected).mean(),
+            f"{prefix}/rewards/accuracies": (chosen > rejected).float().mean(),
+            f"{prefix}/logps/chosen": pair.policy_chosen.detach().mean(),
+            f"{prefix}/logps/rejected": pair.policy_rejected.detach().mean(),
+        }
+
+    def _sft_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logps, counts = self._logps(self.policy, batch)
+        return sft_loss(logps, counts).losses.mean(), counts.sum()
+
+    # --- Lightning hooks -----------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        if self.reference is None:
+            loss, _ = self._sft_step(batch)
+            metrics = {"train/loss": loss.detach()}
+            size = batch["input_ids"].shape[0]
+        else:
+            out, pair = self._pair_step(batch)
+            loss = out.losses.mean()
+            metrics = self._pair_metrics("train", out, pair)
+            size = out.losses.shape[0]
+        metrics["data/pad_fraction"] = torch.tensor(pad_fraction(batch))
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=size)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size, logger=False)
+        return loss
+
+    def on_train_start(self) -> None:
+        # Resuming restores global_step; the reference rule counts from there.
+        self._seen_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning calls this once per *micro*-batch; global_step only changes after an optimizer
+        # step, so acting on a change of global_step acts exactly once per optimizer step.
+        step = self.trainer.global_step
+        if step == self._seen_step:
+            return
+        self._seen_step = step
+        if self.reference is not None and self.schedule.is_update_step(step):
+            update_reference_(self.reference, self.policy, self.schedule.alpha)
+            self.ref_updates += 1
+        self.log("ref/updates", float(self.ref_updates), on_step=True, on_epoch=False, batch_size=1)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        if self.reference is None:
+            loss, tokens = self._sft_step(batch)
+            self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
+            return
+        out, pair = self._pair_step(batch)
+        size = out.losses.shape[0]
+        metrics = self._pair_metrics("val", out, pair)
+        initial = self.initial_model
+        if initial is not None:
+            metrics.update(self._initial_metrics(initial, batch, pair))
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+
+    def _initial_metrics(self, initial: nn.Module, batch: Mapping[str, Tensor], pair: PairLogps) -> dict[str, Tensor]:
+        """Preference accuracy and margins against the *starting* policy: what was learned overall,
+        which a moving reference (trailing the policy by a few steps) hides."""
+        if initial is self.reference:
+            init_chosen, init_rejected = pair.ref_chosen, pair.ref_rejected
+        else:
+            init = self._frozen_logps(initial, batch)
+            n = init.shape[0] // 2
+            init_chosen, init_rejected = init[:n], init[n:]
+        ratio_chosen = pair.policy_chosen.detach() - init_chosen
+        ratio_rejected = pair.policy_rejected.detach() - init_rejected
+        return {
+            "val/init/rewards/accuracies": (ratio_chosen > ratio_rejected).float().mean(),
+            "val/init/rewards/margins": self.beta * (ratio_chosen - ratio_rejected).mean(),
+            "val/init/logratio/chosen": ratio_chosen.mean(),
+            "val/init/logratio/rejected": ratio_rejected.mean(),
+        }
+
+    def configure_optimizers(self):
+        # Only the policy is trained; the frozen copies never reach the optimizer.
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=float(self.optim["lr"]),
+            betas=tuple(self.optim.get("betas", (0.9, 0.999))),
+            eps=float(self.optim.get("eps", 1e-8)),
+            weight_decay=float(self.optim.get("weight_decay", 0.0)),
+        )
+        factor = lr_lambda(int(self.optim.get("warmup_steps", 0)), self.max_steps, self.optim.get("schedule", "constant"))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tralign"] = {"ref_updates": self.ref_updates}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.ref_updates = int(checkpoint.get("tralign", {}).get("ref_updates", 0))

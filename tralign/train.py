@@ -1,0 +1,187 @@
+"""Training entry point: ``python -m tralign.train [group=option ...] [key=value ...]``.
+
+Compose (Hydra) → validate → build data, model, module, logger → ``Trainer.fit`` → export the
+policy → write ``summary.json``. Everything a run writes lives in its Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from tralign.config import loss_params, schedule_from, validate
+from tralign.data.datamodule import PreferenceDataModule
+from tralign.errors import TralignError
+from tralign.eval.golden import golden_eval
+from tralign.loggers import build_logger, finish_wandb
+from tralign.losses import LOSSES
+from tralign.models import build_policy, build_tokenizer
+from tralign.module import AlignmentModule
+
+log = logging.getLogger("tralign")
+
+
+def _run_name(cfg: DictConfig) -> str:
+    base = f"{cfg.method.name}-{cfg.ref_update}"
+    try:
+        overrides = HydraConfig.get().job.override_dirname
+    except ValueError:  # not under @hydra.main (tests calling run() directly)
+        overrides = ""
+    return f"{base}:{overrides}" if overrides else base
+
+
+def _sweep_group() -> str | None:
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+
+
+def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            value = float(value.item() if isinstance(value, torch.Tensor) else value)
+            out[key] = value if math.isfinite(value) else None
+    return dict(sorted(out.items()))
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[L.Callback]:
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="{step}",  # -> step=N.ckpt
+            every_n_train_steps=int(cfg.checkpoint.every_n_steps),
+            save_top_k=-1,
+            save_last=bool(cfg.checkpoint.save_last),
+        )
+    ]
+    if with_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
+    started = time.time()
+    validate(cfg)  # before anything expensive: all config problems at once
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    spec = LOSSES[cfg.method.loss]
+    tokenizer = build_tokenizer(cfg.model, cfg.data)
+    data = PreferenceDataModule(
+        cfg.data, tokenizer, mode="pair" if spec.needs_reference else "sft", seed=int(cfg.seed)
+    )  # reads and tokenises now: bad data fails before the model is built
+    policy = build_policy(cfg.model, tokenizer)
+    schedule = schedule_from(cfg)
+    module = AlignmentModule(
+        policy,
+        loss=cfg.method.loss,
+        loss_params=loss_params(cfg),
+        schedule=schedule,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        max_steps=int(cfg.trainer.max_steps),
+        keep_initial=bool(cfg.model.keep_initial),
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = build_logger(cfg.logger, run_dir, run_name=_run_name(cfg), group=_sweep_group(), config=resolved)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=logger if logger is not None else False,
+        callbacks=_callbacks(cfg, run_dir, logger is not None),
+        default_root_dir=str(run_dir),
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+    train_metrics = _floats(dict(trainer.callback_metrics), "train/")
+    val_metrics = _floats(trainer.validate(module, datamodule=data, verbose=False)[0], "val/")
+
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "method": cfg.method.name,
+        "loss": cfg.method.loss,
+        "loss_params": loss_params(cfg),
+        "ref_update": cfg.ref_update,
+        "alpha": float(cfg.alpha),
+        "tau": int(cfg.tau),
+        "beta": float(cfg.beta),
+        "seed": int(cfg.seed),
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "global_batch_size": int(cfg.data.batch_size)
+        * int(cfg.trainer.accumulate_grad_batches)
+        * trainer.world_size,
+        "global_step": int(trainer.global_step),
+        "ref_updates": module.ref_updates,
+        "train": train_metrics,
+        "val": val_metrics,
+        **{k: v for k, v in data.stats.items()},
+    }
+    if trainer.is_global_zero:
+        if cfg.export.policy:
+            _export(module.policy, tokenizer, run_dir / "policy")
+            summary["policy_dir"] = str(run_dir / "policy")
+        if cfg.export.reference and module.reference is not None:
+            _export(module.reference, tokenizer, run_dir / "reference")
+        task = data.split.golden_task
+        if task is not None and cfg.data.get("golden_eval"):
+            initial = module.initial_model or build_policy(cfg.model, tokenizer)
+            summary.update(
+                golden_eval(
+                    module.policy,
+                    initial,
+                    tokenizer,
+                    task,
+                    data.val_prompts,
+                    cfg.data.golden_eval,
+                    seed=int(cfg.seed),
+                    samples_path=run_dir / "golden_samples.jsonl",
+                )
+            )
+        summary["wall_time_s"] = round(time.time() - started, 2)
+        summary["run_dir"] = str(run_dir)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("summary: %s", run_dir / "summary.json")
+    return summary
+
+
+def _export(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+    model.config.use_cache = True  # for whoever generates with the export
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    model.config.use_cache = False
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    failed = True
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        failed = False
+        # The return value is what Hydra's sweepers optimise: final validation loss.
+        return summary["val"].get("val/loss")
+    except TralignError as err:
+        # A user error: one line naming the place, no traceback, exit code 2.
+        print(f"tralign: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        finish_wandb(failed)
+
+
+if __name__ == "__main__":
+    main()
