@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-
 
 def _wandb_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -39,7 +37,10 @@ def build_logger(
     run_name: str,
     group: str | None,
     config: Mapping[str, Any],
-) -> Logger | None:
+) -> Any:
+    """A Lightning logger, or None for logger=none."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
     name = logger_cfg.get("name", "none")
     if name == "none":
         return None

@@ -154,8 +154,20 @@ class AlignmentModule(L.LightningModule):
         self._seen_step = self.trainer.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Lightning calls this once per *micro*-batch; global_step only changes after an optimizer
-        # step, so acting on a change of global_step acts exactly once per optimizer step.
+        self.step_reference()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Lightning runs callbacks' on_train_batch_end *before* the module's, and ModelCheckpoint
+        # saves there: without this, a checkpoint at step N would hold the reference from before
+        # step N's update and a resumed run would diverge. step_reference is idempotent.
+        return [_ReferenceBeforeCheckpoint()]
+
+    def step_reference(self) -> None:
+        """Move the reference if the optimizer step just finished is an update step.
+
+        Lightning calls on_train_batch_end once per *micro*-batch; global_step only changes after
+        an optimizer step, so acting on a change of global_step acts exactly once per optimizer step.
+        """
         step = self.trainer.global_step
         if step == self._seen_step:
             return
@@ -215,3 +227,10 @@ class AlignmentModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.ref_updates = int(checkpoint.get("tralign", {}).get("ref_updates", 0))
+
+
+class _ReferenceBeforeCheckpoint(L.Callback):
+    """Runs the reference update ahead of checkpoint callbacks (see configure_callbacks)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.step_reference()

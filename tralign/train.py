@@ -11,26 +11,27 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tralign.config import loss_params, schedule_from, validate
-from tralign.data.datamodule import PreferenceDataModule
 from tralign.errors import TralignError
-from tralign.eval.golden import golden_eval
-from tralign.loggers import build_logger, finish_wandb
+from tralign.loggers import finish_wandb
 from tralign.losses import LOSSES
-from tralign.models import build_policy, build_tokenizer
-from tralign.module import AlignmentModule
+
+# Lightning and transformers take seconds to import; they are imported inside run(), after the
+# config is validated, so a typo on the command line is reported at once.
 
 log = logging.getLogger("tralign")
+
+# The frozen reference/initial copies are in eval mode on purpose (dropout off).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*litlogger.*")
 
 
 def _run_name(cfg: DictConfig) -> str:
@@ -54,13 +55,15 @@ def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
         if key.startswith(prefix):
-            value = float(value.item() if isinstance(value, torch.Tensor) else value)
+            value = float(value.item() if hasattr(value, "item") else value)
             out[key] = value if math.isfinite(value) else None
     return dict(sorted(out.items()))
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[L.Callback]:
-    callbacks: list[L.Callback] = [
+def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="{step}",  # -> step=N.ckpt
@@ -78,6 +81,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
+    import lightning as L
+
+    from tralign.data.datamodule import PreferenceDataModule
+    from tralign.eval.golden import golden_eval
+    from tralign.loggers import build_logger
+    from tralign.models import build_policy, build_tokenizer
+    from tralign.module import AlignmentModule
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -160,7 +171,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _export(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+def _export(model: Any, tokenizer: Any, path: Path) -> None:
     model.config.use_cache = True  # for whoever generates with the export
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

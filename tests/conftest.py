@@ -1,0 +1,49 @@
+"""Shared fixtures: compose the real configs, shrink them for seconds-long CPU runs, stay offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED = REPO.parent / "shared"
+
+# Small enough for a few seconds per run, large enough that every code path runs (validation,
+# periodic checkpoints, reference updates, golden evaluation).
+SHRINK = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "data.n_train=64",
+    "data.n_val=16",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "data.golden_eval.n_prompts=8",
+    "data.golden_eval.max_new_tokens=4",
+    "checkpoint.every_n_steps=2",
+    "logger=none",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, shrink: bool = True) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=(SHRINK if shrink else []) + list(overrides or []))
+    return cfg
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared (real data samples and tokenizer) not present")
+    return SHARED
