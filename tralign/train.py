@@ -187,7 +187,12 @@ def main(cfg: DictConfig) -> float | None:
         # The return value is what Hydra's sweepers optimise: final validation loss.
         return summary["val"].get("val/loss")
     except TralignError as err:
-        # A user error: one line naming the place, no traceback, exit code 2.
+        # A user error: one line naming the place, no traceback, exit code 2. The run dir gets a
+        # failed summary so sweep reports list the job instead of silently dropping it.
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if not (run_dir / "summary.json").exists():
+            failure = {"status": "failed", "error": str(err), "overrides": list(HydraConfig.get().overrides.task)}
+            (run_dir / "summary.json").write_text(json.dumps(failure, indent=2) + "\n")
         print(f"tralign: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:

@@ -43,7 +43,8 @@ def synthetic_source(data_cfg: Mapping[str, Any]) -> Split:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    # utf-8-sig: a byte-order mark (some editors write one) is not part of the first JSON line.
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else path.open(encoding="utf-8-sig")
 
 
 def read_jsonl(path: str | Path, fields: tuple[str, ...] = PAIR_FIELDS, limit: int | None = None) -> list[Row]:
