@@ -1,12 +1,24 @@
-"""Batched sampling from a causal LM for held-out prompts (left padding, stop at EOS)."""
+"""Batched sampling from a causal LM for held-out prompts (left padding, stop at EOS), and the
+log-probability of given completions under a model (for KL estimates from samples)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
+
+from tralign.data.collate import SFTCollator
+from tralign.logprobs import sequence_logps
+
+
+@dataclass(frozen=True)
+class Samples:
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # generated tokens up to and including the first EOS
+    texts: list[str]  # decoded without special tokens
 
 
 @torch.no_grad()
@@ -20,8 +32,8 @@ def sample(
     top_p: float = 1.0,
     batch_size: int = 64,
     seed: int = 0,
-) -> list[str]:
-    """One sampled completion per prompt, decoded without special tokens.
+) -> Samples:
+    """One sampled completion per prompt.
 
     The sampling RNG is seeded from ``seed`` alone (and restored afterwards), so two models
     sampled with the same seed see the same random stream: a fair side-by-side.
@@ -31,7 +43,8 @@ def sample(
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right
-    completions: list[str] = []
+    prompt_ids: list[list[int]] = []
+    completion_ids: list[list[int]] = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -49,9 +62,44 @@ def sample(
                     eos_token_id=tokenizer.eos_token_id,
                     use_cache=True,
                 )
-                new_tokens = out[:, enc["input_ids"].shape[1] :]
-                completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                width = enc["input_ids"].shape[1]
+                for row, mask, generated in zip(enc["input_ids"], enc["attention_mask"], out[:, width:], strict=True):
+                    prompt_ids.append(row[mask.bool()].tolist())
+                    completion_ids.append(_until_eos(generated.tolist(), tokenizer.eos_token_id))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return completions
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Samples(prompt_ids, completion_ids, texts)
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+@torch.no_grad()
+def completion_logps(
+    model: nn.Module, samples: Samples, *, pad_id: int, batch_size: int = 64
+) -> Tensor:
+    """Summed log-probability of each sample's completion under ``model``, shape (N,)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = SFTCollator(pad_id)
+    out = []
+    try:
+        for start in range(0, len(samples.completion_ids), batch_size):
+            examples = [
+                {"prompt_ids": p, "completion_ids": c}
+                for p, c in zip(
+                    samples.prompt_ids[start : start + batch_size],
+                    samples.completion_ids[start : start + batch_size],
+                    strict=True,
+                )
+            ]
+            batch = {k: v.to(device) for k, v in collate(examples).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out.append(sequence_logps(logits, batch["input_ids"], batch["loss_mask"])[0].cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
