@@ -61,7 +61,12 @@ def test_cli_values_beat_task_tuning() -> None:
     cfg = compose_cfg(["ref_update=soft", "alpha=0.6", "beta=0.05"], shrink=False)
     assert (cfg.alpha, cfg.beta) == (0.6, 0.05)
     default = compose_cfg([], shrink=False)
-    assert (default.method.name, default.ref_update, default.alpha, default.tau) == ("tr_dpo", "soft", 0.003, 1)
+    assert (default.method.name, default.ref_update, default.alpha, default.tau) == (
+        "tr_dpo",
+        "soft",
+        0.003,
+        1,
+    )
 
 
 def test_default_config_is_valid() -> None:
@@ -79,7 +84,9 @@ def test_sft_with_moving_reference_is_refused() -> None:
 
 
 def test_all_problems_reported_at_once() -> None:
-    cfg = compose_cfg(["alpha=1.5", "tau=0", "beta=-1", "optim.lr=0", "data.max_prompt_length=64", "trainer.max_steps=0"])
+    cfg = compose_cfg(
+        ["alpha=1.5", "tau=0", "beta=-1", "optim.lr=0", "data.max_prompt_length=64", "trainer.max_steps=0"]
+    )
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     message = str(info.value)
@@ -97,7 +104,10 @@ def test_all_problems_reported_at_once() -> None:
         (["method.label_smoothing=0.7"], "method.label_smoothing must be a number in [0, 0.5)"),
         (["+method.gamma=1"], "unknown parameter 'gamma'"),
         (["data=jsonl", "model.tokenizer=t"], "data.path: required but not set"),
-        (["data=jsonl", "data.path=/nonexistent.jsonl", "model.tokenizer=t"], "data.path=/nonexistent.jsonl: no such file"),
+        (
+            ["data=jsonl", "data.path=/nonexistent.jsonl", "model.tokenizer=t"],
+            "data.path=/nonexistent.jsonl: no such file",
+        ),
         (["data=jsonl", "data.path=/etc/hostname"], "model.tokenizer=synthetic only knows"),
         (["optim.schedule=exp"], "optim.schedule: must be one of"),
         (["logger=wandb", "logger.mode=sometimes"], "logger.mode: must be one of"),

@@ -20,8 +20,14 @@ CFG = {"n_prompts": 6, "max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "b
 def _model(seed: int) -> GPTNeoXForCausalLM:
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
-        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, eos_token_id=TOKENIZER.eos_token_id, pad_token_id=TOKENIZER.pad_token_id,
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        eos_token_id=TOKENIZER.eos_token_id,
+        pad_token_id=TOKENIZER.pad_token_id,
         bos_token_id=TOKENIZER.eos_token_id,
     )
     return GPTNeoXForCausalLM(config)
@@ -32,7 +38,10 @@ def test_sampling_is_seeded_and_trimmed_at_eos() -> None:
     a = sample(model, TOKENIZER, PROMPTS, max_new_tokens=5, seed=3, batch_size=4)
     b = sample(model, TOKENIZER, PROMPTS, max_new_tokens=5, seed=3, batch_size=2)
     c = sample(model, TOKENIZER, PROMPTS, max_new_tokens=5, seed=4, batch_size=4)
-    assert a.completion_ids == sample(model, TOKENIZER, PROMPTS, max_new_tokens=5, seed=3, batch_size=4).completion_ids
+    assert (
+        a.completion_ids
+        == sample(model, TOKENIZER, PROMPTS, max_new_tokens=5, seed=3, batch_size=4).completion_ids
+    )
     assert a.completion_ids != c.completion_ids
     assert len(b.texts) == len(PROMPTS)
     eos = TOKENIZER.eos_token_id

@@ -61,5 +61,10 @@ def test_csv_logger_records_trust_region_metrics(tmp_path: Path) -> None:
     updates = [float(r["ref/updates"]) for r in rows if r.get("ref/updates")]
     assert updates == [0.0, 1.0, 1.0, 2.0], updates  # one row per optimizer step; updates after steps 2 and 4
     columns = set(rows[0])
-    for name in ("train/loss", "train/rewards/margins", "val/rewards/accuracies", "val/init/rewards/accuracies"):
+    for name in (
+        "train/loss",
+        "train/rewards/margins",
+        "val/rewards/accuracies",
+        "val/init/rewards/accuracies",
+    ):
         assert name in columns, sorted(columns)

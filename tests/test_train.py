@@ -33,7 +33,13 @@ def test_every_method_and_reference_update_trains(method: str, ref_update: str, 
     loss = summary["val"]["val/loss"]
     assert loss is not None and loss == loss  # finite, not NaN
     if method != "sft":
-        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+        for key in (
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+        ):
             assert f"train/{key}" in summary["train"], summary["train"]
             assert f"val/{key}" in summary["val"], summary["val"]
         assert "val/init/rewards/accuracies" in summary["val"]
@@ -44,10 +50,29 @@ def test_run_outputs_contract(tmp_path: Path) -> None:
     summary = run(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    for key in ("method", "loss", "ref_update", "alpha", "tau", "beta", "global_step", "ref_updates", "train", "val",
-                "wall_time_s", "golden_reward", "golden_reward_init", "global_batch_size"):
+    for key in (
+        "method",
+        "loss",
+        "ref_update",
+        "alpha",
+        "tau",
+        "beta",
+        "global_step",
+        "ref_updates",
+        "train",
+        "val",
+        "wall_time_s",
+        "golden_reward",
+        "golden_reward_init",
+        "global_batch_size",
+    ):
         assert key in on_disk, key
-    assert (on_disk["method"], on_disk["ref_update"], on_disk["alpha"], on_disk["tau"]) == ("tr_dpo", "soft", 0.003, 1)
+    assert (on_disk["method"], on_disk["ref_update"], on_disk["alpha"], on_disk["tau"]) == (
+        "tr_dpo",
+        "soft",
+        0.003,
+        1,
+    )
     assert on_disk["ref_updates"] == 4
     assert (tmp_path / "config_resolved.yaml").is_file()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
@@ -66,11 +91,15 @@ def test_run_outputs_contract(tmp_path: Path) -> None:
     ref_w = ref.state_dict()["gpt_neox.embed_in.weight"]
     assert not torch.equal(policy_w, ref_w)  # soft α = 0.003: the reference trails the policy
     golden = [json.loads(line) for line in (tmp_path / "golden_samples.jsonl").read_text().splitlines()]
-    assert len(golden) == 8 and {"prompt", "completion", "golden_reward", "golden_reward_init"} <= set(golden[0])
+    assert len(golden) == 8 and {"prompt", "completion", "golden_reward", "golden_reward_init"} <= set(
+        golden[0]
+    )
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
-    cfg = compose_cfg(["ref_update=hard", "tau=2", "trainer.accumulate_grad_batches=3", "trainer.max_steps=6"])
+    cfg = compose_cfg(
+        ["ref_update=hard", "tau=2", "trainer.accumulate_grad_batches=3", "trainer.max_steps=6"]
+    )
     summary = run(cfg, tmp_path)
     assert summary["global_step"] == 6
     assert summary["ref_updates"] == 3  # after optimizer steps 2, 4, 6 — not per micro-batch
@@ -90,7 +119,12 @@ def test_sft_then_alignment_from_its_export(tmp_path: Path) -> None:
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "tralign.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "tralign.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -108,14 +142,26 @@ def test_cli_single_run_with_wandb_offline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_multirun_sweeps_alpha_and_beta(tmp_path: Path) -> None:
     result = _cli(
-        ["-m", *SHRINK, "method=tr_dpo", "ref_update=soft", "alpha=0.3,0.9", "beta=0.05,0.1",
-         f"hydra.sweep.dir={tmp_path}/sweep"],
+        [
+            "-m",
+            *SHRINK,
+            "method=tr_dpo",
+            "ref_update=soft",
+            "alpha=0.3,0.9",
+            "beta=0.05,0.1",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 4
-    assert sorted((s["alpha"], s["beta"]) for s in summaries) == [(0.3, 0.05), (0.3, 0.1), (0.9, 0.05), (0.9, 0.1)]
+    assert sorted((s["alpha"], s["beta"]) for s in summaries) == [
+        (0.3, 0.05),
+        (0.3, 0.1),
+        (0.9, 0.05),
+        (0.9, 0.1),
+    ]
     assert len({s["run_dir"] for s in summaries}) == 4
 
 
@@ -134,7 +180,12 @@ def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "prefs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n')
     result = _cli(
-        ["data=jsonl", f"data.path={data}", "model.tokenizer=synthetic_is_wrong_here", f"hydra.run.dir={tmp_path}/run"],
+        [
+            "data=jsonl",
+            f"data.path={data}",
+            "model.tokenizer=synthetic_is_wrong_here",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
         tmp_path,
     )
     assert result.returncode == 2, result.stderr[-2000:]

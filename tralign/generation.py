@@ -63,7 +63,9 @@ def sample(
                     use_cache=True,
                 )
                 width = enc["input_ids"].shape[1]
-                for row, mask, generated in zip(enc["input_ids"], enc["attention_mask"], out[:, width:], strict=True):
+                for row, mask, generated in zip(
+                    enc["input_ids"], enc["attention_mask"], out[:, width:], strict=True
+                ):
                     prompt_ids.append(row[mask.bool()].tolist())
                     completion_ids.append(_until_eos(generated.tolist(), tokenizer.eos_token_id))
     finally:
@@ -78,9 +80,7 @@ def _until_eos(ids: list[int], eos: int) -> list[int]:
 
 
 @torch.no_grad()
-def completion_logps(
-    model: nn.Module, samples: Samples, *, pad_id: int, batch_size: int = 64
-) -> Tensor:
+def completion_logps(model: nn.Module, samples: Samples, *, pad_id: int, batch_size: int = 64) -> Tensor:
     """Summed log-probability of each sample's completion under ``model``, shape (N,)."""
     was_training = model.training
     model.eval()

@@ -62,7 +62,9 @@ def build_policy(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBas
         if key == "model.init_from" and not Path(str(source)).is_dir():
             raise TralignError(f"model.init_from={source}: no such folder (expected <run dir>/policy)")
         try:
-            config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust, **dict(model_cfg.get("config") or {}))
+            config = AutoConfig.from_pretrained(
+                str(source), trust_remote_code=trust, **dict(model_cfg.get("config") or {})
+            )
             model = AutoModelForCausalLM.from_pretrained(str(source), config=config, trust_remote_code=trust)
         except (OSError, ValueError) as err:
             raise _load_failed(key, str(source), err) from None
@@ -76,7 +78,9 @@ def build_policy(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBas
 
 def _from_scratch(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if model_cfg.get("architecture", "gpt_neox") != "gpt_neox":
-        raise TralignError("model.architecture: only gpt_neox can be built from a config (set model.name_or_path)")
+        raise TralignError(
+            "model.architecture: only gpt_neox can be built from a config (set model.name_or_path)"
+        )
     vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     config = GPTNeoXConfig(
         vocab_size=vocab,

@@ -47,11 +47,22 @@ def golden_eval(
     rewards = batch_golden_reward(task, prompts, samples.texts)
     rewards_init = batch_golden_reward(task, prompts, samples_init.texts)
     batch = {"pad_id": tokenizer.pad_token_id, "batch_size": int(cfg["batch_size"])}
-    log_ratio = (completion_logps(policy, samples, **batch) - completion_logps(initial, samples, **batch)).tolist()
+    log_ratio = (
+        completion_logps(policy, samples, **batch) - completion_logps(initial, samples, **batch)
+    ).tolist()
     if samples_path is not None:
-        keys = ("prompt", "completion", "golden_reward", "log_ratio_init", "completion_init", "golden_reward_init")
+        keys = (
+            "prompt",
+            "completion",
+            "golden_reward",
+            "log_ratio_init",
+            "completion_init",
+            "golden_reward_init",
+        )
         with samples_path.open("w", encoding="utf-8") as fh:
-            rows = zip(prompts, samples.texts, rewards, log_ratio, samples_init.texts, rewards_init, strict=True)
+            rows = zip(
+                prompts, samples.texts, rewards, log_ratio, samples_init.texts, rewards_init, strict=True
+            )
             for row in rows:
                 fh.write(json.dumps(dict(zip(keys, row, strict=True))) + "\n")
     return {
