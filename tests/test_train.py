@@ -190,3 +190,26 @@ def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "model.tokenizer=synthetic_is_wrong_here: could not load" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_two_process_ddp_on_cpu(tmp_path: Path) -> None:
+    # KTO's batch KL estimate is all-gathered across ranks: this exercises the distributed path.
+    args = [a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.n_train"))]
+    result = _cli(
+        [
+            *args,
+            "method=tr_kto",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.max_steps=3",
+            "data.n_train=64",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["global_step"], summary["ref_updates"], summary["global_batch_size"]) == (3, 3, 16)
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
