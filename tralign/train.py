@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tralign.config import loss_params, schedule_from, validate
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)  # before anything expensive: all config problems at once
     import lightning as L
 
-    from tralign.data.datamodule import PreferenceDataModule
+    from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
     from tralign.eval.golden import golden_eval
     from tralign.loggers import build_logger
     from tralign.models import build_policy, build_tokenizer
@@ -96,7 +97,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec = LOSSES[cfg.method.loss]
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     data = PreferenceDataModule(
-        cfg.data, tokenizer, mode="pair" if spec.needs_reference else "sft", seed=int(cfg.seed)
+        cfg.data, tokenizer, mode=mode_for_loss(spec), seed=int(cfg.seed)
     )  # reads and tokenises now: bad data fails before the model is built
     policy = build_policy(cfg.model, tokenizer)
     schedule = schedule_from(cfg)
@@ -178,6 +179,19 @@ def _export(model: Any, tokenizer: Any, path: Path) -> None:
     model.config.use_cache = False
 
 
+def _write_failure(err: BaseException) -> None:
+    """A failed summary.json in the job's folder, so sweep reports list the job, never drop it."""
+    hc = HydraConfig.get()
+    path = Path(hc.runtime.output_dir) / "summary.json"
+    if not path.exists():  # never overwrite what a run already wrote
+        failure = {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "overrides": list(hc.overrides.task),
+        }
+        path.write_text(json.dumps(failure, indent=2) + "\n")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     failed = True
@@ -187,14 +201,15 @@ def main(cfg: DictConfig) -> float | None:
         # The return value is what Hydra's sweepers optimise: final validation loss.
         return summary["val"].get("val/loss")
     except TralignError as err:
-        # A user error: one line naming the place, no traceback, exit code 2. The run dir gets a
-        # failed summary so sweep reports list the job instead of silently dropping it.
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if not (run_dir / "summary.json").exists():
-            failure = {"status": "failed", "error": str(err), "overrides": list(HydraConfig.get().overrides.task)}
-            (run_dir / "summary.json").write_text(json.dumps(failure, indent=2) + "\n")
+        # A user error: one line naming the place, no traceback.
+        _write_failure(err)
         print(f"tralign: error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records this job as failed and goes on with the rest of the sweep
         raise SystemExit(2) from None
+    except Exception as err:
+        _write_failure(err)
+        raise
     finally:
         finish_wandb(failed)
 

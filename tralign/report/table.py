@@ -1,0 +1,250 @@
+"""Jobs -> rows (one per job, the swept values first, the best job of each method marked) -> CSV and
+Markdown. Pure functions over plain dicts; plots.py draws from the same rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tralign.report.jobs import Job, parse_value
+
+# Columns every row has (when the summary has them), in this order, after the swept values.
+RUN_COLUMNS = (
+    "method",
+    "ref_update",
+    "alpha",
+    "tau",
+    "beta",
+    "seed",
+    "global_batch_size",
+    "global_step",
+    "ref_updates",
+)
+# The quality metric used to mark the best job and for the plots, first present wins; --metric overrides.
+METRIC_PREFERENCE = ("golden_reward", "val/init/rewards/accuracies", "val/rewards/accuracies", "val/loss")
+KL_KEY = "golden_kl_init"  # KL(policy ‖ starting policy) on the embedded task
+# Columns of the Markdown table besides the swept values (the CSV has everything).
+MD_METRICS = (
+    "golden_reward",
+    "golden_kl_init",
+    "val/init/rewards/accuracies",
+    "val/rewards/accuracies",
+    "val/loss",
+)
+FAMILIES = {"dpo": "DPO", "ipo": "IPO", "kto_pair": "KTO", "kto": "KTO", "sft": "SFT"}
+
+
+def method_label(loss: str, ref_update: str) -> str:
+    """What the paper compares: ``DPO`` (frozen reference), ``TR-DPO soft``, ``TR-DPO hard`` ... ``loss``
+    may also be a method name (``tr_dpo``) when a job has no summary."""
+    base = loss.removeprefix("tr_")
+    family = FAMILIES.get(base, base.upper())
+    if family == "SFT" or (ref_update in ("none", "") and not loss.startswith("tr_")):
+        return family
+    return f"TR-{family} {ref_update}".rstrip()
+
+
+def higher_is_better(metric: str) -> bool:
+    return "loss" not in metric and not metric.endswith("kl_init")
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            _flatten(f"{prefix}/{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, (int, float, str, bool)) or value is None:
+        out[prefix] = value
+
+
+def swept_keys(jobs: Sequence[Job]) -> list[str]:
+    """Command-line keys whose value differs between jobs, in command-line order."""
+    keys: dict[str, None] = {}
+    for job in jobs:
+        keys.update(dict.fromkeys(job.overrides))
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def column_name(override_key: str) -> str:
+    return override_key.lstrip("+~")
+
+
+def job_row(job: Job, swept: Sequence[str]) -> dict[str, Any]:
+    """One flat row: job, status, swept values, method label, run fields, metrics (``train/*``,
+    ``val/*``, ``golden_*``, ``eval/*``), error, job_dir."""
+    s = job.summary
+    row: dict[str, Any] = {"job": job.id, "status": job.status}
+    for key in swept:
+        name = column_name(key)
+        value = s.get(name) if name in s and not isinstance(s.get(name), Mapping) else None
+        if value is None and key in job.overrides:
+            value = parse_value(job.overrides[key])
+        row[name] = value
+    loss = s.get("loss") or job.overrides.get("method", "")
+    row["label"] = method_label(str(loss), str(s.get("ref_update") or job.overrides.get("ref_update", "")))
+    row["best"] = False
+    for key in RUN_COLUMNS:
+        row.setdefault(key, s.get(key))
+    # The quality metrics first (golden reward, evaluation), then validation, training, wall time.
+    metrics: dict[str, Any] = {k: v for k, v in s.items() if k.startswith("golden_")}
+    _flatten("eval", job.eval, metrics)
+    for part in ("val", "train"):
+        if isinstance(s.get(part), Mapping):
+            _flatten("", s[part], metrics)
+    metrics["wall_time_s"] = s.get("wall_time_s")
+    row.update({k: v for k, v in metrics.items() if k not in row})
+    row["error"] = job.error
+    row["job_dir"] = str(job.dir) if job.dir else ""
+    return row
+
+
+def pick_metric(rows: Sequence[Mapping[str, Any]], requested: str | None = None) -> str | None:
+    if requested:
+        return requested
+    done = [r for r in rows if r["status"] == "completed"]
+    return next((m for m in METRIC_PREFERENCE if any(_number(r.get(m)) is not None for r in done)), None)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
+    """``best`` = True on the completed job with the best ``metric`` within each method label."""
+    if metric is None:
+        return
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        value = _number(row.get(metric))
+        if row["status"] != "completed" or value is None:
+            continue
+        current = best.get(row["label"])
+        if current is None or sign * value > sign * current[metric]:
+            best[row["label"]] = row
+    for row in best.values():
+        row["best"] = True
+
+
+def build_rows(
+    jobs: Sequence[Job], metric: str | None = None
+) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """Rows, the swept column names and the metric used to pick the best job per method."""
+    swept = swept_keys(jobs)
+    rows = [job_row(job, swept) for job in jobs]
+    metric = pick_metric(rows, metric)
+    mark_best(rows, metric)
+    return rows, [column_name(k) for k in swept], metric
+
+
+def columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """All keys in first-seen order, except error and job_dir last."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    tail = [k for k in ("error", "job_dir") if k in seen]
+    return [k for k in seen if k not in tail] + tail
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Full precision (Python's shortest round-trip repr), empty cell for a missing value."""
+    cols = columns(rows)
+    with Path(path).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in cols})
+
+
+def seed_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str) -> list[dict[str, Any]]:
+    """Completed jobs grouped by label and ``keys`` (the swept values without ``seed``): mean, standard
+    error over the group and n, for ``metric`` (and the KL when present)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "completed" and _number(row.get(metric)) is not None:
+            groups[(row["label"], *(row.get(k) for k in keys))].append(row)
+    out = []
+    for group_key, members in groups.items():
+        entry: dict[str, Any] = {"label": group_key[0], **dict(zip(keys, group_key[1:], strict=True))}
+        for name in dict.fromkeys((metric, KL_KEY)):
+            values = [v for v in (_number(m.get(name)) for m in members) if v is not None]
+            if values:
+                entry[name] = statistics.fmean(values)
+                entry[f"{name} sem"] = (
+                    statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+                )
+        entry["n"] = len(members)
+        out.append(entry)
+    return out
+
+
+def fmt(value: Any, digits: str = "g") -> str:
+    """A Markdown cell: ``digits="#.4g"`` for metrics (4 significant digits, trailing zeros kept)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "★" if value else ""
+    if isinstance(value, float):
+        return format(value, digits)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], swept: Sequence[str], metric: str | None, title: str) -> str:
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "incomplete", "not started")
+    }
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
+    ]
+    if metric:
+        direction = "highest" if higher_is_better(metric) else "lowest"
+        lines.append(f"★ marks the best completed job of each method by `{metric}` ({direction}).")
+    present = [m for m in MD_METRICS if any(r.get(m) is not None for r in rows)]
+    if metric and metric not in present:
+        present.insert(0, metric)
+    header = ["job", "status", *swept, "variant" if "method" in swept else "method", *present, "best"]
+    body = []
+    for r in rows:
+        cells = [fmt(r["job"]), r["status"], *(fmt(r.get(k)) for k in swept), r["label"]]
+        for m in present:
+            text = fmt(r.get(m), "#.4g")
+            sem = r.get(f"{m}_sem")
+            text += f" ± {sem:.2g}" if text and isinstance(sem, float) else ""
+            cells.append(f"**{text}**" if r["best"] and m == metric and text else text)
+        body.append([*cells, fmt(r["best"])])
+    lines += ["", *_md_table(header, body)]
+    keys = [k for k in swept if k != "seed"]
+    if metric and "seed" in swept:
+        means = seed_means(rows, keys, metric)
+        cols = [c for c in (metric, KL_KEY) if any(c in m for m in means)]
+        mean_body = []
+        for m in means:
+            stats = [
+                fmt(m.get(c), "#.4g") + (f" ± {m[f'{c} sem']:.2g}" if m.get(f"{c} sem") else "") for c in cols
+            ]
+            mean_body.append([m["label"], *(fmt(m.get(k)) for k in keys), *stats, str(m["n"])])
+        lines += [
+            "",
+            "## Mean over seeds (± standard error)",
+            "",
+            *_md_table(["variant" if "method" in keys else "method", *keys, *cols, "n"], mean_body),
+        ]
+    bad = [r for r in rows if r["status"] != "completed"]
+    if bad:
+        lines += ["", "## Failed or incomplete jobs", ""]
+        lines += [f"- job {r['job']} ({r['status']}): {fmt(r.get('error'))}" for r in bad]
+    return "\n".join(lines) + "\n"
