@@ -730,6 +730,9 @@ def test_datamodule_stats(synth_tok) -> None:
         "data/val_rows": 16,
         "data/train_truncated": n_train,
         "data/val_truncated": n_val,
+        "data/train_dropped": 0,
+        "data/val_dropped": 0,
+        "data/source_bad_rows": 0,
     }
     for batch in dm.train_dataloader():
         assert batch["input_ids"].shape[1] <= 10

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from tralign.data.sources import SOURCES
+from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.errors import ConfigError
 from tralign.losses import LOSSES, check_loss_params
 from tralign.reference import ReferenceSchedule, schedule_problems
@@ -54,13 +54,22 @@ def _method_problems(cfg: DictConfig) -> list[str]:
     loss = cfg.method.get("loss")
     if loss not in LOSSES:
         return [f"method.loss: unknown loss {loss!r}; valid: {', '.join(sorted(LOSSES))}"]
-    if not LOSSES[loss].paired:
-        problems.append(f"method.loss: {loss!r} needs unpaired data, which this data pipeline does not provide yet")
+    # data.unpair splits each pair into a desirable and an undesirable row; data=unpaired reads such
+    # rows. (A paired loss on unpaired rows is refused with the other data-kind checks.)
+    unpaired_data = bool(cfg.data.get("unpair")) or cfg.data.get("name") == "unpaired"
+    if not LOSSES[loss].paired and not unpaired_data:
+        problems.append(
+            f"method.loss: {loss!r} needs unpaired data (prompt, completion, label): use data=unpaired, "
+            "or data.unpair=true to split each pair into a desirable and an undesirable row"
+        )
     params = {k: v for k, v in cfg.method.items() if k not in METHOD_META_KEYS}
     params["beta"] = cfg.get("beta")
     if "beta" not in LOSSES[loss].params:
         params.pop("beta")
-    problems += [p.replace(f"loss {loss!r}: ", "method.").replace("method.beta", "beta") for p in check_loss_params(loss, params)]
+    problems += [
+        p.replace(f"loss {loss!r}: ", "method.").replace("method.beta", "beta")
+        for p in check_loss_params(loss, params)
+    ]
     name = cfg.method.get("name")
     if cfg.method.get("trust_region") and cfg.ref_update == "none":
         problems.append(
@@ -68,7 +77,9 @@ def _method_problems(cfg: DictConfig) -> list[str]:
             "for a frozen reference, or ref_update=soft|hard)"
         )
     if not LOSSES[loss].needs_reference and cfg.ref_update != "none":
-        problems.append(f"ref_update={cfg.ref_update}: method={name} has no reference model (use ref_update=none)")
+        problems.append(
+            f"ref_update={cfg.ref_update}: method={name} has no reference model (use ref_update=none)"
+        )
     return problems
 
 
@@ -84,14 +95,42 @@ def _data_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"data.max_prompt_length ({max_prompt}) must be < data.max_length ({max_len})")
     for key in ("data.path", "data.val_path"):
         value = _get(cfg, key, problems)
-        if value is not None and not Path(str(value)).is_file():
-            problems.append(f"{key}={value}: no such file")
+        if value is not None and not Path(str(value)).exists():
+            problems.append(f"{key}={value}: no such file or folder")
+    if "path" in cfg.data and cfg.data.get("path") is None and not cfg.data.get("hub_id"):
+        problems.append("data.path: set a local file or folder (or data.hub_id for a hub dataset)")
+    on_bad_rows = cfg.data.get("on_bad_rows", "error")
+    if on_bad_rows not in ON_BAD_ROWS:
+        problems.append(f"data.on_bad_rows: must be one of {', '.join(ON_BAD_ROWS)}, got {on_bad_rows!r}")
+    problems += _kind_problems(cfg, name)
     if cfg.model.get("tokenizer") == "synthetic" and name != "synthetic":
         problems.append(
             f"model.tokenizer=synthetic only knows the synthetic task's words; with data={name} set "
             "model.tokenizer=<folder or hub id> (e.g. a Pythia tokenizer)"
         )
     return problems
+
+
+def _kind_problems(cfg: DictConfig, name: str) -> list[str]:
+    """The rows the data gives (pairs, SFT targets, unpaired) must be what the method trains on."""
+    loss = LOSSES.get(cfg.method.get("loss"))
+    if loss is None or name not in SOURCES:
+        return []
+    kind, method = data_kind(cfg.data), cfg.method.get("name")
+    given = f"data={name}" + "".join(f" data.{flag}=true" for flag in ("sft", "unpair") if cfg.data.get(flag))
+    if cfg.data.get("unpair") and (name in SFT_SOURCES or cfg.data.get("sft")):
+        return [f"{given}: unpair needs preference pairs, but this data gives SFT rows"]
+    if kind == "sft" and loss.name != "sft":
+        return [
+            f"{given} gives SFT rows (prompt, completion) with no rejected answer; "
+            f"method={method} needs preference pairs (use method=sft)"
+        ]
+    if kind == "unpaired" and loss.paired:
+        return [
+            f"{given} gives unpaired rows (prompt, completion, label); method={method} needs pairs "
+            "(use method=kto_unpaired or tr_kto_unpaired)"
+        ]
+    return []
 
 
 def validate(cfg: DictConfig) -> None:
@@ -103,14 +142,18 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
         problems.append(f"optim.lr: must be a number > 0, got {lr!r}")
     if cfg.optim.get("schedule") not in SCHEDULES:
-        problems.append(f"optim.schedule: must be one of {', '.join(SCHEDULES)}, got {cfg.optim.get('schedule')!r}")
+        problems.append(
+            f"optim.schedule: must be one of {', '.join(SCHEDULES)}, got {cfg.optim.get('schedule')!r}"
+        )
     _positive_int(cfg, "optim.warmup_steps", problems, minimum=0)
     _positive_int(cfg, "trainer.max_steps", problems)
     _positive_int(cfg, "trainer.accumulate_grad_batches", problems)
     _positive_int(cfg, "checkpoint.every_n_steps", problems)
     _positive_int(cfg, "seed", problems, minimum=0)
     if cfg.logger.get("name") == "wandb" and cfg.logger.get("mode") not in LOGGER_MODES:
-        problems.append(f"logger.mode: must be one of {', '.join(LOGGER_MODES)}, got {cfg.logger.get('mode')!r}")
+        problems.append(
+            f"logger.mode: must be one of {', '.join(LOGGER_MODES)}, got {cfg.logger.get('mode')!r}"
+        )
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
         problems.append(f"ckpt_path={cfg.ckpt_path}: no such file")
     if problems:

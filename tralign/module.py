@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tralign.data.collate import pad_fraction
 from tralign.logprobs import sequence_logps
-from tralign.losses import LossOutput, PairLogps, get_loss, pair_loss, sft_loss
+from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
 
 
@@ -67,7 +67,9 @@ class AlignmentModule(L.LightningModule):
         # Submodules, so checkpoints carry them and strategies place/shard them like the policy.
         self.reference = frozen_copy(policy) if self.spec.needs_reference else None
         # With a frozen reference the reference *is* the starting policy: no third copy needed.
-        self.initial = frozen_copy(policy) if keep_initial and self.reference is not None and schedule.active else None
+        self.initial = (
+            frozen_copy(policy) if keep_initial and self.reference is not None and schedule.active else None
+        )
         self.ref_updates = 0
         self._seen_step = 0
 
@@ -89,7 +91,9 @@ class AlignmentModule(L.LightningModule):
     # --- forward pieces ------------------------------------------------------------------------
     @staticmethod
     def _logps(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits  # (N, T, V)
         return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
 
     def _frozen_logps(self, model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
@@ -129,6 +133,36 @@ class AlignmentModule(L.LightningModule):
             f"{prefix}/logps/rejected": pair.policy_rejected.detach().mean(),
         }
 
+    def _unpaired_step(self, batch: Mapping[str, Tensor]) -> tuple[LossOutput, Tensor]:
+        """Unpaired KTO on B labelled rows; the ``kl_*`` block (B mismatched rows, see
+        UnpairedCollator) only gives the reference point z, which is detached, so the policy runs
+        on it without a graph (TRL does the same): no activations kept, no backward through it."""
+        mismatched = {key.removeprefix("kl_"): v for key, v in batch.items() if key.startswith("kl_")}
+        logps, _ = self._logps(self.policy, batch)
+        policy_kl = self._frozen_logps(self.policy, mismatched)
+        ref_kl = self._frozen_logps(self.reference, mismatched)
+        ref = self._frozen_logps(self.reference, batch)
+        out = kto_loss(
+            logps, ref, policy_kl, ref_kl, batch["labels"], kl_mean=self._kl_mean(), **self.loss_params
+        )
+        return out, (policy_kl - ref_kl).mean().clamp(min=0)  # this device's z, for logging
+
+    @staticmethod
+    def _unpaired_metrics(prefix: str, out: LossOutput, kl: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """Metric -> (value, rows it averages). Rewards average the desirable (chosen) or undesirable
+        (rejected) rows only; a batch without any gets 0 with weight 0."""
+        n = out.losses.shape[0]
+
+        def mean(t: Tensor) -> tuple[Tensor, int]:
+            return (t.mean() if t.numel() else t.new_zeros(())), t.numel()
+
+        return {
+            f"{prefix}/loss": (out.losses.mean().detach(), n),
+            f"{prefix}/rewards/chosen": mean(out.chosen_rewards),
+            f"{prefix}/rewards/rejected": mean(out.rejected_rewards),
+            f"{prefix}/kl": (kl, n),
+        }
+
     def _sft_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         logps, counts = self._logps(self.policy, batch)
         return sft_loss(logps, counts).losses.mean(), counts.sum()
@@ -139,6 +173,11 @@ class AlignmentModule(L.LightningModule):
             loss, _ = self._sft_step(batch)
             metrics = {"train/loss": loss.detach()}
             size = batch["input_ids"].shape[0]
+        elif not self.spec.paired:
+            out, kl = self._unpaired_step(batch)
+            loss = out.losses.mean()
+            metrics = {k: v for k, (v, rows) in self._unpaired_metrics("train", out, kl).items() if rows}
+            size = out.losses.shape[0]
         else:
             out, pair = self._pair_step(batch)
             loss = out.losses.mean()
@@ -146,7 +185,9 @@ class AlignmentModule(L.LightningModule):
             size = out.losses.shape[0]
         metrics["data/pad_fraction"] = torch.tensor(pad_fraction(batch))
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=size)
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size, logger=False)
+        self.log(
+            "loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size, logger=False
+        )
         return loss
 
     def on_train_start(self) -> None:
@@ -182,6 +223,12 @@ class AlignmentModule(L.LightningModule):
             loss, tokens = self._sft_step(batch)
             self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
             return
+        if not self.spec.paired:
+            out, kl = self._unpaired_step(batch)
+            # Each metric weighted by its own row count, so the epoch value is a mean over rows.
+            for key, (value, rows) in self._unpaired_metrics("val", out, kl).items():
+                self.log(key, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=rows)
+            return
         out, pair = self._pair_step(batch)
         size = out.losses.shape[0]
         metrics = self._pair_metrics("val", out, pair)
@@ -190,7 +237,9 @@ class AlignmentModule(L.LightningModule):
             metrics.update(self._initial_metrics(initial, batch, pair))
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
 
-    def _initial_metrics(self, initial: nn.Module, batch: Mapping[str, Tensor], pair: PairLogps) -> dict[str, Tensor]:
+    def _initial_metrics(
+        self, initial: nn.Module, batch: Mapping[str, Tensor], pair: PairLogps
+    ) -> dict[str, Tensor]:
         """Preference accuracy and margins against the *starting* policy: what was learned overall,
         which a moving reference (trailing the policy by a few steps) hides."""
         if initial is self.reference:
@@ -218,7 +267,9 @@ class AlignmentModule(L.LightningModule):
             eps=float(self.optim.get("eps", 1e-8)),
             weight_decay=float(self.optim.get("weight_decay", 0.0)),
         )
-        factor = lr_lambda(int(self.optim.get("warmup_steps", 0)), self.max_steps, self.optim.get("schedule", "constant"))
+        factor = lr_lambda(
+            int(self.optim.get("warmup_steps", 0)), self.max_steps, self.optim.get("schedule", "constant")
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

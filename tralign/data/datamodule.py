@@ -1,24 +1,107 @@
-"""The LightningDataModule: canonical rows → tokenised examples → batches.
+"""The LightningDataModule: canonical rows → tokenised examples (Arrow, cached) → batches.
 
-Rows are loaded and tokenised in ``__init__``-time ``prepare`` (cheap for the sources here and
-needed before the model is built, so bad data fails before expensive work starts).
+Rows are loaded and tokenised in ``__init__`` (needed before the model is built, so bad data fails
+before expensive work starts). Training batches are length-grouped by default
+(``data.group_by_length``, see ``tralign.data.sampler``); validation batches keep row order.
+Rows that cannot train once tokenised (a completion with no tokens, a pair made identical by
+truncation) are refused, every location listed, or dropped and counted with
+``data.on_bad_rows=skip``.
+
+Distributed: the training sampler shards itself and validation uses a ``DistributedSampler`` built
+here, so the trainer runs with ``use_distributed_sampler: false`` (conf/trainer/default.yaml).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
-from tralign.data.collate import PairCollator, SFTCollator
-from tralign.data.sources import Row, Split, load_split
-from tralign.data.tokenize import Lengths, encode_row
+from tralign.data.cache import cache_dir_for, encode_table
+from tralign.data.collate import PairCollator, SFTCollator, UnpairedCollator
+from tralign.data.sampler import LengthGroupedBatchSampler
+from tralign.data.sources import Split, load_split
+from tralign.data.tokenize import Lengths, Mode, example_fields
+from tralign.errors import DataError
+from tralign.losses import LossSpec
 
-Mode = Literal["pair", "sft"]
+log = logging.getLogger("tralign")
+
+MAX_REPORTED_PROBLEMS = 20
+# The row kinds (Split.kind) each mode trains on; SFT also takes a pair's chosen answer.
+ACCEPTS: dict[Mode, tuple[str, ...]] = {"pair": ("pair",), "sft": ("sft", "pair"), "unpaired": ("unpaired",)}
+
+
+def mode_for_loss(spec: LossSpec) -> Mode:
+    """The data a loss trains on: SFT (no reference), pairs, or unpaired labelled rows."""
+    if not spec.needs_reference:
+        return "sft"
+    return "pair" if spec.paired else "unpaired"
+
+
+class Examples(Sequence[dict[str, Any]]):
+    """Encoded examples in an Arrow table, indexed like a list of dicts (slices too).
+
+    Arrow keeps large sets memory-mapped and compact (int32), where lists of Python ints would cost
+    tens of bytes per token in every process.
+    """
+
+    def __init__(self, table: Dataset, fields: Sequence[str]):
+        self.table = table.select_columns(list(fields))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index):  # int -> dict, slice -> list of dicts
+        if isinstance(index, slice):
+            return self.__getitems__(list(range(len(self)))[index])
+        return self.table[index]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # DataLoader fetches a whole batch with one call when the dataset has this method.
+        return self.table.__getitems__(indices)
+
+
+def row_lengths(table: Dataset, mode: Mode) -> np.ndarray:
+    """(N, k) lengths of the k sequences each example puts in a batch (a pair: k = 2)."""
+    columns = table.select_columns(list(example_fields(mode))).with_format("arrow")[:]
+    prompt = pc.list_value_length(columns["prompt_ids"]).to_numpy()
+    sides = [f for f in example_fields(mode) if f.endswith("_ids") and f != "prompt_ids"]
+    return np.stack([prompt + pc.list_value_length(columns[f]).to_numpy() for f in sides], axis=1)
+
+
+def _drop_bad_rows(tables: dict[str, Dataset], on_bad_rows: str) -> tuple[dict[str, Dataset], dict[str, int]]:
+    """Refuse (``error``) or drop (``skip``) rows whose encoding has a problem; all listed at once."""
+    reasons = {name: t["problem"] for name, t in tables.items()}
+    bad = {name: [i for i, reason in enumerate(column) if reason] for name, column in reasons.items()}
+    problems = [f"{name} row {i}: {reasons[name][i]}" for name, rows in bad.items() for i in rows]
+    if not problems:
+        return tables, {name: 0 for name in tables}
+    shown = problems[:MAX_REPORTED_PROBLEMS]
+    more = f" (and {len(problems) - len(shown)} more)" if len(problems) > len(shown) else ""
+    listing = "; ".join(shown) + more
+    if on_bad_rows == "error":
+        raise DataError(
+            f"{len(problems)} row(s) cannot train after tokenisation: {listing} "
+            "(data.on_bad_rows=skip drops them)"
+        )
+    log.warning(
+        "data.on_bad_rows=%s: dropped %d row(s) after tokenisation: %s", on_bad_rows, len(problems), listing
+    )
+    kept = {}
+    for name, t in tables.items():
+        drop = set(bad[name])
+        kept[name] = t.select([i for i in range(len(t)) if i not in drop]) if drop else t
+    if len(kept["train"]) == 0:
+        raise DataError(f"no training rows left after dropping {len(bad['train'])} bad row(s)")
+    return kept, {name: len(rows) for name, rows in bad.items()}
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -37,49 +120,84 @@ class PreferenceDataModule(L.LightningDataModule):
         self.mode = mode
         self.seed = seed
         self.lengths = Lengths(int(data_cfg["max_length"]), int(data_cfg["max_prompt_length"]))
-        self.split = split if split is not None else load_split(data_cfg)
-        self.train_examples, n_trunc_train = self._encode(self.split.train)
-        self.val_examples, n_trunc_val = self._encode(self.split.val)
+        self.group_by_length = bool(data_cfg.get("group_by_length", True))
+        self.split = split if split is not None else load_split(data_cfg, tokenizer)
+        kind = getattr(self.split, "kind", "pair")
+        if kind not in ACCEPTS[mode]:
+            raise DataError(
+                f"data={data_cfg.get('name')} gives {kind} rows, but this method trains on {mode} data "
+                f"({' or '.join(ACCEPTS[mode])} rows)"
+            )
+        cache_dir = cache_dir_for(data_cfg)
+        tables: dict[str, Dataset] = {}
+        self.cache: dict[str, str | None] = {}  # per split: None (not cached), "hit: PATH", "written: PATH"
+        for name, rows in (("train", self.split.train), ("val", self.split.val)):
+            tables[name], self.cache[name] = encode_table(
+                rows, tokenizer, self.lengths, mode, cache_dir=cache_dir
+            )
+        self.tables, dropped = _drop_bad_rows(tables, str(data_cfg.get("on_bad_rows", "error")))
+        fields = example_fields(mode)
+        self.train_examples = Examples(self.tables["train"], fields)
+        self.val_examples = Examples(self.tables["val"], fields)
+        self.train_lengths: list[int] = self.tables["train"]["length"]
         self.stats = {
             "data/train_rows": len(self.train_examples),
             "data/val_rows": len(self.val_examples),
-            "data/train_truncated": n_trunc_train,
-            "data/val_truncated": n_trunc_val,
+            "data/train_truncated": sum(self.tables["train"]["truncated"]),
+            "data/val_truncated": sum(self.tables["val"]["truncated"]),
+            "data/train_dropped": dropped["train"],
+            "data/val_dropped": dropped["val"],
+            "data/source_bad_rows": getattr(
+                self.split, "n_bad", 0
+            ),  # dropped by the source (on_bad_rows=skip)
+            **{f"data/source_{k}": v for k, v in getattr(self.split, "counts", {}).items()},
         }
         pad_id = tokenizer.pad_token_id
-        self.collate = PairCollator(pad_id) if mode == "pair" else SFTCollator(pad_id)
-
-    def _encode(self, rows: list[Row]) -> tuple[list[dict[str, list[int]]], int]:
-        examples, truncated = [], 0
-        for row in rows:
-            example, was_truncated = encode_row(self.tokenizer, row, self.lengths, mode=self.mode)
-            examples.append(example)
-            truncated += was_truncated
-        return examples, truncated
+        if mode == "pair":
+            self.collate = PairCollator(pad_id)
+        elif mode == "unpaired":
+            self.collate = UnpairedCollator(pad_id, self.lengths.max_length)
+        else:
+            self.collate = SFTCollator(pad_id)
 
     @property
     def val_prompts(self) -> list[str]:
-        return [row["prompt"] for row in self.split.val]
+        """Distinct held-out prompts in row order (unpaired rows repeat a prompt per completion)."""
+        return list(dict.fromkeys(row["prompt"] for row in self.split.val))
+
+    def _replicas(self) -> dict[str, int]:
+        """Data-parallel ``num_replicas``/``rank`` from the trainer's strategy; {} off a parallel strategy."""
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        return dict(kwargs) if kwargs else {}
+
+    def train_batch_sampler(self, *, group_by_length: bool | None = None) -> LengthGroupedBatchSampler:
+        return LengthGroupedBatchSampler(
+            self.train_lengths,
+            int(self.cfg["batch_size"]),
+            seed=self.seed,
+            group_by_length=self.group_by_length if group_by_length is None else group_by_length,
+            **self._replicas(),
+        )
 
     def train_dataloader(self) -> DataLoader:
-        # A seeded generator makes the shuffle order a function of the run's seed alone.
-        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_examples,
-            batch_size=int(self.cfg["batch_size"]),
-            shuffle=True,
-            generator=generator,
+            batch_sampler=self.train_batch_sampler(),
             collate_fn=self.collate,
             num_workers=int(self.cfg.get("num_workers", 0)),
-            # Full batches keep per-step statistics (KTO's batch KL estimate) comparable.
-            drop_last=len(self.train_examples) > int(self.cfg["batch_size"]),
         )
 
     def val_dataloader(self) -> DataLoader:
+        replicas = self._replicas()
+        sampler = None
+        if replicas.get("num_replicas", 1) > 1:
+            # Equal shares (it repeats a few rows) keep per-step collectives aligned across ranks.
+            sampler = DistributedSampler(self.val_examples, shuffle=False, **replicas)
         return DataLoader(
             self.val_examples,
             batch_size=int(self.cfg["eval_batch_size"]),
             shuffle=False,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=int(self.cfg.get("num_workers", 0)),
         )

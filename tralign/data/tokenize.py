@@ -4,14 +4,26 @@ Policy: the prompt keeps its *end* (the most recent turns matter most), at most
 ``max_prompt_length`` tokens; the completion keeps its *start*, whatever room ``max_length`` leaves
 after the prompt. The completion gets the tokenizer's EOS appended before truncation, so a
 completion that fits ends in EOS and one that does not is cut (and counted as truncated).
+
+Because ``max_prompt_length < max_length``, every completion keeps at least one token: a prompt
+can never leave "no room". A completion can still carry nothing of its own (its text tokenises to
+nothing, so only EOS is left), and two sides of a pair can become identical once cut; such rows
+are reported as problems (see :func:`encode_columns`) and the data module refuses or drops them
+according to ``data.on_bad_rows``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
+
+Mode = Literal["pair", "sft", "unpaired"]
+MODES: tuple[Mode, ...] = ("pair", "sft", "unpaired")
+# Bump when the encoding below changes: it is part of the tokenised-data cache key.
+ENCODING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,23 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def truncate(
+    prompt_ids: list[int], completions: Sequence[list[int]], lengths: Lengths
+) -> tuple[list[int], list[list[int]], bool]:
+    """The policy on ids: keep the prompt's end, then each completion's start (EOS already appended)."""
+    truncated = len(prompt_ids) > lengths.max_prompt_length
+    if truncated:
+        prompt_ids = prompt_ids[-lengths.max_prompt_length :]
+    room = lengths.max_length - len(prompt_ids)  # >= 1: max_prompt_length < max_length
+    out = []
+    for ids in completions:
+        if len(ids) > room:
+            truncated = True
+            ids = ids[:room]
+        out.append(ids)
+    return prompt_ids, out, truncated
+
+
 def encode_prompt_completions(
     tokenizer: PreTrainedTokenizerBase, prompt: str, completions: list[str], lengths: Lengths
 ) -> tuple[list[int], list[list[int]], bool]:
@@ -38,33 +67,98 @@ def encode_prompt_completions(
     Returns (prompt_ids, completion_ids per completion, truncated?). The prompt is shared, so both
     sides of a pair see exactly the same prompt tokens.
     """
-    prompt_ids = _ids(tokenizer, prompt)
-    truncated = len(prompt_ids) > lengths.max_prompt_length
-    if truncated:
-        prompt_ids = prompt_ids[-lengths.max_prompt_length :]
-    room = lengths.max_length - len(prompt_ids)
-    out = []
-    for completion in completions:
-        ids = _ids(tokenizer, completion) + [tokenizer.eos_token_id]
-        if len(ids) > room:
-            truncated = True
-            ids = ids[:room]
-        out.append(ids)
-    return prompt_ids, out, truncated
+    eos = tokenizer.eos_token_id
+    return truncate(_ids(tokenizer, prompt), [_ids(tokenizer, c) + [eos] for c in completions], lengths)
+
+
+def completion_fields(mode: Mode, columns: Sequence[str]) -> tuple[str, ...]:
+    """The row fields that are completions in ``mode``: SFT takes ``completion`` or else ``chosen``."""
+    if mode == "pair":
+        return ("chosen", "rejected")
+    return ("completion",) if "completion" in columns or mode == "unpaired" else ("chosen",)
+
+
+def example_fields(mode: Mode) -> tuple[str, ...]:
+    """The keys of an encoded example, as the collator of ``mode`` takes them."""
+    if mode == "pair":
+        return ("prompt_ids", "chosen_ids", "rejected_ids")
+    return (
+        ("prompt_ids", "completion_ids", "label") if mode == "unpaired" else ("prompt_ids", "completion_ids")
+    )
 
 
 def encode_row(
-    tokenizer: PreTrainedTokenizerBase, row: Mapping[str, str], lengths: Lengths, *, mode: str
-) -> tuple[dict[str, list[int]], bool]:
-    """One canonical row → an example for the collator. ``mode`` is "pair" or "sft".
+    tokenizer: PreTrainedTokenizerBase, row: Mapping[str, Any], lengths: Lengths, *, mode: Mode
+) -> tuple[dict[str, Any], bool]:
+    """One canonical row → an example for the collator (the per-row reference of :func:`encode_columns`).
 
-    Pair rows have prompt/chosen/rejected; SFT takes ``completion`` or, from a preference row, ``chosen``.
+    Pair rows have prompt/chosen/rejected; SFT takes ``completion`` or, from a preference row,
+    ``chosen``; unpaired rows have prompt/completion/label and keep the label as a bool.
     """
+    sides = completion_fields(mode, list(row))
+    prompt_ids, completions, truncated = encode_prompt_completions(
+        tokenizer, row["prompt"], [row[s] for s in sides], lengths
+    )
     if mode == "pair":
-        prompt_ids, (chosen, rejected), truncated = encode_prompt_completions(
-            tokenizer, row["prompt"], [row["chosen"], row["rejected"]], lengths
-        )
-        return {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected}, truncated
-    target = row["completion"] if "completion" in row else row["chosen"]
-    prompt_ids, (completion,), truncated = encode_prompt_completions(tokenizer, row["prompt"], [target], lengths)
-    return {"prompt_ids": prompt_ids, "completion_ids": completion}, truncated
+        return {
+            "prompt_ids": prompt_ids,
+            "chosen_ids": completions[0],
+            "rejected_ids": completions[1],
+        }, truncated
+    example: dict[str, Any] = {"prompt_ids": prompt_ids, "completion_ids": completions[0]}
+    if mode == "unpaired":
+        example["label"] = bool(row["label"])
+    return example, truncated
+
+
+def encode_columns(
+    tokenizer: PreTrainedTokenizerBase, columns: Mapping[str, Sequence[Any]], lengths: Lengths, *, mode: Mode
+) -> dict[str, list[Any]]:
+    """Encode a batch of rows given column-wise (``datasets.Dataset.map(batched=True)``'s layout).
+
+    Same ids as :func:`encode_row` per row (one batched tokenizer call per field, which is what makes
+    large sets fast), plus per-row metadata columns:
+
+    - ``truncated``: the prompt or a completion was cut;
+    - ``problem``: "" or why the row cannot train (a completion with no tokens of its own; chosen
+      and rejected identical after truncation);
+    - ``length``: the longest sequence the row puts in a batch (prompt + longest completion), the
+      key of length-grouped batching;
+    - ``raw_<field>``: token counts before truncation (EOS not counted), for ``tralign.data.inspect``.
+    """
+    sides = completion_fields(mode, list(columns))
+    eos = tokenizer.eos_token_id
+    raw_prompts = _batch_ids(tokenizer, columns["prompt"])
+    raw = {side: _batch_ids(tokenizer, columns[side]) for side in sides}
+    out: dict[str, list[Any]] = {f: [] for f in example_fields(mode)}
+    out.update({"truncated": [], "problem": [], "length": [], "raw_prompt": []})
+    out.update({f"raw_{side}": [] for side in sides})
+    for i, prompt in enumerate(raw_prompts):
+        prompt_ids, completions, truncated = truncate(prompt, [raw[s][i] + [eos] for s in sides], lengths)
+        out["prompt_ids"].append(prompt_ids)
+        for side, ids in zip(sides, completions, strict=True):
+            out["completion_ids" if mode != "pair" else f"{side}_ids"].append(ids)
+        if mode == "unpaired":
+            out["label"].append(bool(columns["label"][i]))
+        out["truncated"].append(truncated)
+        out["problem"].append(_problem(sides, [raw[s][i] for s in sides], completions))
+        out["length"].append(len(prompt_ids) + max(len(ids) for ids in completions))
+        out["raw_prompt"].append(len(prompt))
+        for side in sides:
+            out[f"raw_{side}"].append(len(raw[side][i]))
+    return out
+
+
+def _batch_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
+def _problem(sides: Sequence[str], raw: Sequence[list[int]], kept: Sequence[list[int]]) -> str:
+    """Why an encoded row must not train, or ""."""
+    for side, text_ids, ids in zip(sides, raw, kept, strict=True):
+        # Only EOS (or nothing) left: the row would train "answer with EOS", which no source meant.
+        if min(len(text_ids), len(ids)) == 0:
+            return f"{side} has no tokens after tokenisation and truncation"
+    if len(kept) == 2 and kept[0] == kept[1]:
+        return f"chosen and rejected are identical after truncation to {len(kept[0])} tokens"
+    return ""

@@ -1,0 +1,136 @@
+"""Length-grouped training batches: little padding, random contents and order, one share per rank.
+
+One epoch, deterministic in (seed, epoch):
+
+1. a seeded random permutation of the examples (:class:`EpochPermutation`);
+2. cut to a whole number of batches for every rank; the few rows left over differ every epoch;
+3. with grouping, split into mega-batches of ``mega_batch`` batches, sort each by length (longest
+   first) and cut it into batches: neighbours in a sorted mega-batch have similar lengths, so a
+   batch pads little, while which rows meet in a mega-batch stays random;
+4. shuffle the batch order (lengths must not drift through the epoch) and deal the batches out:
+   rank r of W takes batches r, r + W, r + 2W, ... — disjoint shares of equal size, so every rank
+   runs the same number of steps (per-step collectives such as KTO's all-gathered KL need that);
+5. with grouping, each rank runs its longest batch first, so an out-of-memory shows at step 0.
+
+Lightning only calls ``set_epoch`` on a DataLoader's ``sampler`` and on its
+``batch_sampler.sampler``, never on the batch sampler itself; the epoch therefore lives in the
+batch sampler's ``sampler`` (an :class:`EpochPermutation`). Lightning also cannot re-shard a
+custom batch sampler (with ``Trainer(use_distributed_sampler=True)`` under DDP it raises), so this
+sampler shards itself and the trainer config sets ``use_distributed_sampler: false``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+MEGA_BATCH = 50  # batches per sorted mega-batch (Hugging Face's LengthGroupedSampler uses 50 too)
+_EPOCH_STRIDE = 1_000_003  # seed * stride + epoch: distinct generators for distinct (seed, epoch)
+
+
+class EpochPermutation(Sampler[int]):
+    """A random permutation of ``range(n)`` that is a function of (seed, epoch) alone."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator()).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _dist_defaults() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of example indices for one rank (see the module docstring for the recipe).
+
+    ``lengths[i]`` is the grouping key of example i (its longest sequence in a batch).
+    ``group_by_length=False`` gives plain shuffled batches with the same sharding. ``num_replicas``
+    and ``rank`` default to ``torch.distributed``'s when it is initialised, else 1 and 0. With fewer
+    rows than one full batch per rank, each rank gets one batch of ``len(lengths) // num_replicas``.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_by_length: bool = True,
+        mega_batch: int = MEGA_BATCH,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        if batch_size < 1 or mega_batch < 1:
+            raise ValueError(f"batch_size and mega_batch must be >= 1, got {batch_size} and {mega_batch}")
+        world, own = _dist_defaults()
+        self.num_replicas = world if num_replicas is None else num_replicas
+        self.rank = own if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        if len(lengths) < self.num_replicas:
+            raise ValueError(f"{len(lengths)} training row(s) cannot be shared by {self.num_replicas} ranks")
+        self.lengths = list(lengths)
+        self.rows_per_batch = min(batch_size, len(self.lengths) // self.num_replicas)
+        self.group_by_length = group_by_length
+        self.mega_batch = mega_batch
+        # Named `sampler` on purpose: Lightning's epoch hook reaches `batch_sampler.sampler.set_epoch`.
+        self.sampler = EpochPermutation(len(self.lengths), seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths) // (self.rows_per_batch * self.num_replicas)
+
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches for all ranks, in order (rank r takes every W-th from r)."""
+        size = self.rows_per_batch
+        generator = self.sampler.generator()
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order = order[: len(self) * self.num_replicas * size]
+        if self.group_by_length:
+            chunk = self.mega_batch * size  # a multiple of size, so every batch below is full
+            mega = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+            # Stable sort: rows of equal length keep their random order.
+            order = [i for m in mega for i in sorted(m, key=lambda i: -self.lengths[i])]
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = self.global_batches()[self.rank :: self.num_replicas]
+        if self.group_by_length and mine:
+            longest = max(range(len(mine)), key=lambda b: max(self.lengths[i] for i in mine[b]))
+            mine.insert(0, mine.pop(longest))
+        return iter(mine)
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], row_lengths: Sequence[Sequence[int]]) -> float:
+    """Share of the positions in these batches that are padding, as the collators pad them.
+
+    ``row_lengths[i]`` lists the sequence lengths example i puts in a batch (a pair: prompt +
+    chosen and prompt + rejected); each batch is padded to its longest sequence. Token-weighted
+    over all batches: the share of the epoch's compute spent on padding.
+    """
+    positions = real = 0
+    for batch in batches:
+        rows = [n for i in batch for n in row_lengths[i]]
+        positions += max(rows) * len(rows)
+        real += sum(rows)
+    return 1.0 - real / positions if positions else 0.0
