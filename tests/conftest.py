@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -50,3 +53,37 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared (real data samples and tokenizer) not present")
     return SHARED
+
+
+# The embedded task's default world (conf/data/synthetic.yaml's task block), for DataModule tests.
+SYNTH_TASK = {"seed": 0, "n_words": 24, "n_keys": 2, "min_len": 2, "max_len": 8, "label_temperature": 0.25}
+
+
+def synthetic_data_cfg(**overrides: Any) -> dict[str, Any]:
+    """A small synthetic data config (64 train / 16 val pairs) for building a DataModule directly."""
+    cfg = {
+        "name": "synthetic",
+        "n_train": 64,
+        "n_val": 16,
+        "task": dict(SYNTH_TASK),
+        "max_length": 48,
+        "max_prompt_length": 16,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "num_workers": 0,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def run_cli(module: str, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run ``python -m MODULE ARGS`` offline in ``cwd``, as a user would."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

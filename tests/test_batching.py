@@ -12,12 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg
+from conftest import REPO, SHRINK, compose_cfg, run_cli, synthetic_data_cfg
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tralign.data import tokenize
@@ -35,7 +34,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 PYTHIA = SHARED / "tokenizers" / "pythia"
 ASSISTANT = "\n\nAssistant:"
-SYNTH_TASK = {"seed": 0, "n_words": 24, "n_keys": 2, "min_len": 2, "max_len": 8, "label_temperature": 0.25}
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -46,22 +44,6 @@ def _lengths(n: int, seed: int = 0) -> list[int]:
 def _epoch(sampler: LengthGroupedBatchSampler, epoch: int) -> list[list[int]]:
     sampler.set_epoch(epoch)
     return list(sampler)
-
-
-def _dm_cfg(**overrides: Any) -> dict[str, Any]:
-    cfg = {
-        "name": "synthetic",
-        "n_train": 64,
-        "n_val": 16,
-        "task": dict(SYNTH_TASK),
-        "max_length": 48,
-        "max_prompt_length": 16,
-        "batch_size": 8,
-        "eval_batch_size": 8,
-        "num_workers": 0,
-    }
-    cfg.update(overrides)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +186,7 @@ class _Recorder(L.LightningModule):
 def test_lightning_advances_the_sampler_epoch(synth_tok, tmp_path: Path) -> None:
     # Lightning calls set_epoch on batch_sampler.sampler, not on the batch sampler: the epoch must
     # reach us through that attribute, or every epoch would repeat the first one's order.
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok, seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok, seed=0)
     module = _Recorder()
     trainer = L.Trainer(
         max_epochs=2,
@@ -235,7 +217,7 @@ def test_lightning_advances_the_sampler_epoch(synth_tok, tmp_path: Path) -> None
 
 
 def test_datamodule_shards_under_a_parallel_strategy(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok, seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok, seed=0)
     single = dm.train_dataloader().batch_sampler
     assert (single.num_replicas, single.rank) == (1, 0)
     assert dm.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"
@@ -255,7 +237,7 @@ def test_datamodule_shards_under_a_parallel_strategy(synth_tok) -> None:
 
 
 def test_validation_batches_keep_row_order(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(n_val=20), synth_tok, seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(n_val=20), synth_tok, seed=0)
     val = list(dm.val_dataloader())
     assert [b["input_ids"].shape[0] // 2 for b in val] == [8, 8, 4]
     expected = dm.collate(dm.val_examples[8:16])
@@ -263,9 +245,9 @@ def test_validation_batches_keep_row_order(synth_tok) -> None:
 
 
 def test_group_by_length_flag(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(n_train=512, group_by_length=False), synth_tok, seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(n_train=512, group_by_length=False), synth_tok, seed=0)
     assert dm.train_dataloader().batch_sampler.group_by_length is False
-    assert PreferenceDataModule(_dm_cfg(), synth_tok).group_by_length is True  # the default
+    assert PreferenceDataModule(synthetic_data_cfg(), synth_tok).group_by_length is True  # the default
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +340,7 @@ def test_second_run_skips_tokenisation(synth_tok, monkeypatch, tmp_path: Path) -
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tokenize, "encode_columns", counting)
-    cfg = _dm_cfg(cache=True, cache_dir=str(tmp_path))
+    cfg = synthetic_data_cfg(cache=True, cache_dir=str(tmp_path))
     split = load_split(cfg)
 
     first = PreferenceDataModule(cfg, synth_tok, split=split)
@@ -397,7 +379,7 @@ def test_second_run_skips_tokenisation(synth_tok, monkeypatch, tmp_path: Path) -
 
 def test_cache_off_writes_nothing(synth_tok, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TRALIGN_CACHE", str(tmp_path))
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok)
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok)
     assert dm.cache == {"train": None, "val": None}
     assert not any(tmp_path.iterdir())
 
@@ -420,7 +402,7 @@ def test_empty_completion_is_refused_with_row_and_split(synth_tok) -> None:
     val = _rows(3)
     val[2] = {**val[2], "chosen": " \n "}
     with pytest.raises(DataError) as info:
-        PreferenceDataModule(_dm_cfg(), synth_tok, split=Split(train=train, val=val))
+        PreferenceDataModule(synthetic_data_cfg(), synth_tok, split=Split(train=train, val=val))
     message = str(info.value)
     assert message.startswith("3 row(s) cannot train after tokenisation")
     assert "train row 1: chosen has no tokens" in message
@@ -432,7 +414,9 @@ def test_empty_completion_is_refused_with_row_and_split(synth_tok) -> None:
 def test_empty_completion_is_dropped_with_skip(synth_tok, caplog) -> None:
     train = _rows(6)
     train[1] = {**train[1], "chosen": ""}
-    dm = PreferenceDataModule(_dm_cfg(on_bad_rows="skip"), synth_tok, split=Split(train=train, val=_rows(2)))
+    dm = PreferenceDataModule(
+        synthetic_data_cfg(on_bad_rows="skip"), synth_tok, split=Split(train=train, val=_rows(2))
+    )
     assert (dm.stats["data/train_rows"], dm.stats["data/train_dropped"], dm.stats["data/val_dropped"]) == (
         5,
         1,
@@ -448,13 +432,15 @@ def test_empty_completion_is_dropped_with_skip(synth_tok, caplog) -> None:
 def test_sft_checks_only_the_trained_completion(synth_tok) -> None:
     train = _rows(4)
     train[0] = {**train[0], "rejected": ""}  # SFT trains on chosen: the empty rejected is never seen
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok, mode="sft", split=Split(train=train, val=_rows(2)))
+    dm = PreferenceDataModule(
+        synthetic_data_cfg(), synth_tok, mode="sft", split=Split(train=train, val=_rows(2))
+    )
     assert dm.stats["data/train_dropped"] == 0 and dm.stats["data/train_rows"] == 4
 
 
 def test_pair_identical_after_truncation_is_a_bad_row(synth_tok) -> None:
     row = {"prompt": "Q: fox ->", "chosen": " red blue green gold", "rejected": " red blue green cat"}
-    cfg = _dm_cfg(max_length=6, max_prompt_length=3)  # room 3: both sides become "red blue green"
+    cfg = synthetic_data_cfg(max_length=6, max_prompt_length=3)  # room 3: both sides become "red blue green"
     with pytest.raises(
         DataError, match=r"train row 0: chosen and rejected are identical after truncation to 3"
     ):
@@ -489,22 +475,15 @@ def test_inspect_report_on_the_synthetic_task() -> None:
     assert "tokenised train data: not cached" in text
 
 
-def _inspect_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TRALIGN_CACHE": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "tralign.data.inspect", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_inspect_cli(tmp_path: Path) -> None:
     shrink = [a for a in SHRINK if a.startswith("data.")]
-    result = _inspect_cli([*shrink, "method=sft", "ref_update=none"], tmp_path)
+    result = run_cli(
+        "tralign.data.inspect",
+        [*shrink, "method=sft", "ref_update=none"],
+        tmp_path,
+        TRALIGN_CACHE=str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data=synthetic: pair rows, tokenised for method=sft (sft)" in result.stdout
     assert "padding in one epoch of training batches" in result.stdout
@@ -514,7 +493,12 @@ def test_inspect_cli(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "inspect must not write run folders or logs"
 
-    bad = _inspect_cli(["data=jsonl", "data.path=/nonexistent.jsonl", "model.tokenizer=t"], tmp_path)
+    bad = run_cli(
+        "tralign.data.inspect",
+        ["data=jsonl", "data.path=/nonexistent.jsonl", "model.tokenizer=t"],
+        tmp_path,
+        TRALIGN_CACHE=str(tmp_path / "cache"),
+    )
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("tralign: error: invalid config:"), bad.stderr

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+from conftest import SYNTH_TASK, synthetic_data_cfg
 
 from tralign.data.collate import PairCollator, SFTCollator, pad_fraction
 from tralign.data.datamodule import PreferenceDataModule
@@ -600,9 +601,6 @@ def test_load_split_dispatches_jsonl(tmp_path: Path) -> None:
     assert len(split.train) + len(split.val) == 8
 
 
-SYNTH_TASK = {"seed": 0, "n_words": 24, "n_keys": 2, "min_len": 2, "max_len": 8, "label_temperature": 0.25}
-
-
 def test_synthetic_source() -> None:
     cfg = {"name": "synthetic", "n_train": 64, "n_val": 16, "task": dict(SYNTH_TASK)}
     split = synthetic_source(cfg)
@@ -622,24 +620,8 @@ def test_synthetic_source() -> None:
 # --------------------------------------------------------------------------- data module
 
 
-def _dm_cfg(**overrides: Any) -> dict[str, Any]:
-    cfg = {
-        "name": "synthetic",
-        "n_train": 64,
-        "n_val": 16,
-        "task": dict(SYNTH_TASK),
-        "max_length": 48,
-        "max_prompt_length": 16,
-        "batch_size": 8,
-        "eval_batch_size": 8,
-        "num_workers": 0,
-    }
-    cfg.update(overrides)
-    return cfg
-
-
 def test_datamodule_pair_shapes(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok, mode="pair", seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok, mode="pair", seed=0)
     train = list(dm.train_dataloader())
     val = list(dm.val_dataloader())
     assert len(train) == 64 // 8 and len(val) == 16 // 8
@@ -661,7 +643,7 @@ def test_datamodule_pair_shapes(synth_tok) -> None:
 
 
 def test_datamodule_sft_shapes(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok, mode="sft", seed=0)
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok, mode="sft", seed=0)
     train = list(dm.train_dataloader())
     assert len(train) == 8
     for batch in train + list(dm.val_dataloader()):
@@ -677,7 +659,7 @@ def _train_order(dm: PreferenceDataModule) -> list[list[int]]:
 
 
 def test_datamodule_train_order_deterministic_in_seed(synth_tok) -> None:
-    cfg = _dm_cfg()
+    cfg = synthetic_data_cfg()
     split = load_split(cfg)
     a = _train_order(PreferenceDataModule(cfg, synth_tok, seed=0, split=split))
     b = _train_order(PreferenceDataModule(cfg, synth_tok, seed=0, split=split))
@@ -695,7 +677,9 @@ def test_datamodule_train_order_deterministic_in_seed(synth_tok) -> None:
 def test_datamodule_uses_given_split(synth_tok) -> None:
     rows = [{"prompt": "Q: fox ->", "chosen": " red", "rejected": " blue"}] * 3
     split = Split(train=rows, val=rows[:1])
-    dm = PreferenceDataModule(_dm_cfg(name="bogus"), synth_tok, split=split)  # name never consulted
+    dm = PreferenceDataModule(
+        synthetic_data_cfg(name="bogus"), synth_tok, split=split
+    )  # name never consulted
     assert dm.split is split
     assert dm.stats["data/train_rows"] == 3 and dm.stats["data/val_rows"] == 1
     batches = list(dm.train_dataloader())
@@ -703,21 +687,21 @@ def test_datamodule_uses_given_split(synth_tok) -> None:
 
 
 def test_datamodule_drops_last_partial_batch(synth_tok) -> None:
-    dm = PreferenceDataModule(_dm_cfg(n_train=20), synth_tok)
+    dm = PreferenceDataModule(synthetic_data_cfg(n_train=20), synth_tok)
     assert [b["input_ids"].shape[0] for b in dm.train_dataloader()] == [16, 16]
-    dm = PreferenceDataModule(_dm_cfg(n_val=12), synth_tok)
+    dm = PreferenceDataModule(synthetic_data_cfg(n_val=12), synth_tok)
     assert [b["input_ids"].shape[0] for b in dm.val_dataloader()] == [16, 8]  # val keeps every row
 
 
 def test_datamodule_stats(synth_tok) -> None:
     # Prompts are 4 tokens ("Q: k1 k2 ->"); max_prompt_length 3 cuts every prompt to 3, leaving
     # room 7 for each completion (2..8 words + EOS), so rows with a 7- or 8-word side are cut too.
-    cfg = _dm_cfg(max_length=10, max_prompt_length=3)
+    cfg = synthetic_data_cfg(max_length=10, max_prompt_length=3)
     dm = PreferenceDataModule(cfg, synth_tok)
     assert dm.stats["data/train_rows"] == 64 and dm.stats["data/val_rows"] == 16
     assert dm.stats["data/train_truncated"] == 64 and dm.stats["data/val_truncated"] == 16
 
-    cfg = _dm_cfg(max_length=10, max_prompt_length=4)  # prompts fit; room 6 for completion + EOS
+    cfg = synthetic_data_cfg(max_length=10, max_prompt_length=4)  # prompts fit; room 6 for completion + EOS
 
     def expected(rows: list[dict[str, str]]) -> int:
         return sum(max(len(r["chosen"].split()), len(r["rejected"].split())) + 1 > 6 for r in rows)
@@ -737,10 +721,10 @@ def test_datamodule_stats(synth_tok) -> None:
     for batch in dm.train_dataloader():
         assert batch["input_ids"].shape[1] <= 10
 
-    dm = PreferenceDataModule(_dm_cfg(), synth_tok)  # default lengths: nothing is cut
+    dm = PreferenceDataModule(synthetic_data_cfg(), synth_tok)  # default lengths: nothing is cut
     assert dm.stats["data/train_truncated"] == 0 and dm.stats["data/val_truncated"] == 0
 
 
 def test_datamodule_rejects_bad_lengths(synth_tok) -> None:
     with pytest.raises(ValueError, match="max_prompt_length"):
-        PreferenceDataModule(_dm_cfg(max_length=16, max_prompt_length=16), synth_tok)
+        PreferenceDataModule(synthetic_data_cfg(max_length=16, max_prompt_length=16), synth_tok)

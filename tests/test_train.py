@@ -4,14 +4,11 @@ the outputs contract (summary.json, checkpoints, exported policy), and the comma
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg
+from conftest import SHRINK, compose_cfg, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tralign.train import run
@@ -116,22 +113,10 @@ def test_sft_then_alignment_from_its_export(tmp_path: Path) -> None:
     assert "gpt_neox.embed_in.weight" in start
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "tralign.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_single_run_with_wandb_offline(tmp_path: Path) -> None:
     shrink = [s for s in SHRINK if not s.startswith("logger=")]
-    result = _cli([*shrink, "logger=wandb", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    result = run_cli("tralign.train", [*shrink, "logger=wandb", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "tr_dpo"
@@ -141,7 +126,8 @@ def test_cli_single_run_with_wandb_offline(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_multirun_sweeps_alpha_and_beta(tmp_path: Path) -> None:
-    result = _cli(
+    result = run_cli(
+        "tralign.train",
         [
             "-m",
             *SHRINK,
@@ -166,7 +152,11 @@ def test_cli_multirun_sweeps_alpha_and_beta(tmp_path: Path) -> None:
 
 
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = _cli(["method=tr_dpo", "ref_update=none", "tau=0", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    result = run_cli(
+        "tralign.train",
+        ["method=tr_dpo", "ref_update=none", "tau=0", f"hydra.run.dir={tmp_path}/run"],
+        tmp_path,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("tralign: error:")]
@@ -179,7 +169,8 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "prefs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n')
-    result = _cli(
+    result = run_cli(
+        "tralign.train",
         [
             "data=jsonl",
             f"data.path={data}",
@@ -196,7 +187,8 @@ def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
 def test_cli_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     # KTO's batch KL estimate is all-gathered across ranks: this exercises the distributed path.
     args = [a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.n_train"))]
-    result = _cli(
+    result = run_cli(
+        "tralign.train",
         [
             *args,
             "method=tr_kto",

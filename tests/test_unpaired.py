@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import SYNTH_TASK, compose_cfg
 
 from tralign.config import validate
 from tralign.data.collate import UnpairedCollator
@@ -25,7 +25,6 @@ from tralign.module import AlignmentModule
 from tralign.reference import ReferenceSchedule
 from tralign.train import run
 
-SYNTH_TASK = {"seed": 0, "n_words": 24, "n_keys": 2, "min_len": 2, "max_len": 8, "label_temperature": 0.25}
 DM_CFG = {
     "name": "synthetic",
     "n_train": 32,
