@@ -9,7 +9,9 @@ from conftest import CONF, compose_cfg
 from tralign.config import loss_params, schedule_from, validate
 from tralign.errors import ConfigError
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("tuning", "experiment"))
+GROUPS = sorted(
+    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("tuning", "experiment", "judge")
+)
 
 
 def _options(group: str) -> list[str]:
