@@ -117,6 +117,7 @@ def test_api_run_never_writes_the_key(tmp_path):
     out = json.loads((tmp_path / "run" / "eval.json").read_text())
     [c] = out["comparisons"]
     assert c["n"] + c["unparsable"] == 8 and c["hc_coherence_policy"] == 7.0
+    assert c["hc_coherence_policy_unparsable"] == 0 and c["hc_harmlessness_baseline_unparsable"] == 0
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     files = [f for f in tmp_path.rglob("*") if f.is_file() and f.suffix != ".safetensors"]
     assert len(files) > 10

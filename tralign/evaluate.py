@@ -121,6 +121,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         stats["mean"],
                         [stats["ci_low"], stats["ci_high"]],
                     )
+                    # Ratings the judge's reply did not give (or gave out of 1-10) are counted, not hidden.
+                    c[f"hc_{name}_{side}_unparsable"] = len(ratings[m]) - stats["n"]
             results.append(c)
             for i, j in enumerate(judged):
                 fh.write(json.dumps({"policy": p, "baseline": b, "index": i, "prompt": prompts[i], "answer_policy": texts(p)[i], "answer_baseline": texts(b)[i], "outcome": j.outcome, "score_policy": j.score_a, "score_baseline": j.score_b, **j.raw}) + "\n")  # fmt: skip
