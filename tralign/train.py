@@ -84,6 +84,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)  # before anything expensive: all config problems at once
     import lightning as L
 
+    if logging.getLogger().handlers:
+        # Hydra already logs to the console and train.log; Lightning's own stderr handler would
+        # print every Lightning message a second time.
+        logging.getLogger("lightning").handlers.clear()
+
     from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
     from tralign.eval.golden import golden_eval
     from tralign.loggers import build_logger
