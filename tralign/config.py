@@ -54,14 +54,6 @@ def _method_problems(cfg: DictConfig) -> list[str]:
     loss = cfg.method.get("loss")
     if loss not in LOSSES:
         return [f"method.loss: unknown loss {loss!r}; valid: {', '.join(sorted(LOSSES))}"]
-    # data.unpair splits each pair into a desirable and an undesirable row; data=unpaired reads such
-    # rows. (A paired loss on unpaired rows is refused with the other data-kind checks.)
-    unpaired_data = bool(cfg.data.get("unpair")) or cfg.data.get("name") == "unpaired"
-    if not LOSSES[loss].paired and not unpaired_data:
-        problems.append(
-            f"method.loss: {loss!r} needs unpaired data (prompt, completion, label): use data=unpaired, "
-            "or data.unpair=true to split each pair into a desirable and an undesirable row"
-        )
     params = {k: v for k, v in cfg.method.items() if k not in METHOD_META_KEYS}
     params["beta"] = cfg.get("beta")
     if "beta" not in LOSSES[loss].params:
@@ -129,6 +121,11 @@ def _kind_problems(cfg: DictConfig, name: str) -> list[str]:
         return [
             f"{given} gives unpaired rows (prompt, completion, label); method={method} needs pairs "
             "(use method=kto_unpaired or tr_kto_unpaired)"
+        ]
+    if kind != "unpaired" and not loss.paired:
+        return [
+            f"method.loss: {loss.name!r} needs unpaired data (prompt, completion, label): use data=unpaired, "
+            "or data.unpair=true to split each pair into a desirable and an undesirable row"
         ]
     return []
 

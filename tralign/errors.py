@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 
 class TralignError(Exception):
     """An error in what the user gave us (config, data, paths), as opposed to a bug."""
@@ -17,3 +20,9 @@ class ConfigError(TralignError):
 
 class DataError(TralignError):
     """Unreadable or malformed input data; the message names the file and line (or row)."""
+
+
+def exit_on_user_error(err: TralignError) -> NoReturn:
+    """What every command line does with a user error: one line on stderr, exit code 2."""
+    print(f"tralign: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None

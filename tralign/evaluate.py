@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tralign.errors import TralignError
+from tralign.errors import TralignError, exit_on_user_error
 from tralign.loggers import finish_wandb
 
 log = logging.getLogger("tralign")
@@ -144,8 +143,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
         failed = False
     except TralignError as err:
-        print(f"tralign: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_on_user_error(err)
     finally:
         finish_wandb(failed)
 

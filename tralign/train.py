@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tralign.config import loss_params, schedule_from, validate
-from tralign.errors import TralignError
+from tralign.errors import TralignError, exit_on_user_error
 from tralign.loggers import finish_wandb
 from tralign.losses import LOSSES
 
@@ -208,10 +208,10 @@ def main(cfg: DictConfig) -> float | None:
     except TralignError as err:
         # A user error: one line naming the place, no traceback.
         _write_failure(err)
-        print(f"tralign: error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"tralign: error: {err}", file=sys.stderr)
             raise  # Hydra records this job as failed and goes on with the rest of the sweep
-        raise SystemExit(2) from None
+        exit_on_user_error(err)
     except Exception as err:
         _write_failure(err)
         raise

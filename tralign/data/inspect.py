@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from tralign.config import validate
-from tralign.errors import TralignError
+from tralign.errors import TralignError, exit_on_user_error
 from tralign.losses import LOSSES
 
 PERCENTILES = (50, 90, 99)
@@ -108,8 +108,7 @@ def main(cfg: DictConfig) -> None:
     try:
         print(report(cfg))
     except TralignError as err:
-        print(f"tralign: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_on_user_error(err)
 
 
 if __name__ == "__main__":
