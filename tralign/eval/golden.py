@@ -14,11 +14,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tralign.data.synthetic import SyntheticTask, batch_golden_reward
+from tralign.eval.metrics import sem
 from tralign.generation import completion_logps, sample
-
-
-def _sem(values: Sequence[float]) -> float:
-    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
 def golden_eval(
@@ -68,9 +65,9 @@ def golden_eval(
     return {
         "golden_reward": statistics.fmean(rewards),
         "golden_reward_init": statistics.fmean(rewards_init),
-        "golden_reward_sem": _sem(rewards),
+        "golden_reward_sem": sem(rewards),
         "golden_kl_init": statistics.fmean(log_ratio),
-        "golden_kl_init_sem": _sem(log_ratio),
+        "golden_kl_init_sem": sem(log_ratio),
         "golden_n_prompts": len(prompts),
         "golden_mean_words": statistics.fmean(len(t.split()) for t in samples.texts),
     }
