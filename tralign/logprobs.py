@@ -99,3 +99,110 @@ def sequence_logps(
     # where, not multiply: a garbage (inf/NaN) log-prob at a padding position times 0 is NaN.
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
     return per_token.sum(-1), mask.sum(-1).to(torch.float32)
+
+
+class _ChunkedHeadLogps(torch.autograd.Function):
+    """log softmax(h @ W.T + b)[target] for M selected positions, ``chunk_size`` rows at a time.
+
+    Neither the forward nor the backward keeps an (M, V) tensor: each chunk's logits are made in
+    float32, reduced to a log-prob, and recomputed in the backward pass (one extra head matmul per
+    chunk buys O(chunk_size * V) memory instead of O(M * V)).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int
+    ) -> Tensor:
+        # hidden: (M, H), weight: (V, H), targets: (M,)
+        w = weight.to(hidden.dtype)
+        b = None if bias is None else bias.to(hidden.dtype)
+        out = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = torch.nn.functional.linear(hidden[rows], w, b).float()  # (m, V)
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            out[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        b = None if bias is None else bias.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        grad_out = grad_out.float()
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            g = grad_out[rows].unsqueeze(-1)  # (m, 1)
+            logits = torch.nn.functional.linear(hidden[rows], w, b).float()
+            grad = torch.exp(logits - lse[rows].unsqueeze(-1)).mul_(-g)  # d/d logits = g * (1[t] - p)
+            grad.scatter_add_(-1, targets[rows].unsqueeze(-1), g)
+            grad = grad.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad @ w
+            grad_weight.addmm_(grad.t().float(), hidden[rows].float())
+            if grad_bias is not None:
+                grad_bias += grad.float().sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def head_logps(
+    hidden: Tensor, head: torch.nn.Linear, targets: Tensor, *, chunk_size: int = 512
+) -> Tensor:
+    """Log-probs (M,) float32 of ``targets`` (M,) under ``head(hidden)`` for hidden (M, H), without
+    materialising the (M, V) logits (chunked, recomputed in the backward pass)."""
+    _check_chunk_size(chunk_size)
+    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets.long(), chunk_size)
+
+
+def _is_sharded(t: Tensor) -> bool:
+    return callable(getattr(t, "to_local", None))  # a DTensor (FSDP2/TP): keep the model's own path
+
+
+def model_sequence_logps(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    chunk_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """``sequence_logps`` of a causal LM whose LM head only ever sees the completion positions.
+
+    The backbone (``model.base_model``) runs on the whole (N, T) batch; the LM head then runs on the
+    M positions that predict a completion token (M is typically a third of N·T for dialogue data),
+    ``chunk_size`` rows at a time, so neither the (N, T, V) logits nor the (M, V) logits exist.
+    For a small model the head is most of the FLOPs, so this is most of a step's time too.
+
+    Falls back to the model's full forward (``sequence_logps`` on its logits) when the model has no
+    separate backbone/head or the head is sharded (a DTensor).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    backbone = getattr(model, "base_model", None)
+    if (
+        not isinstance(head, torch.nn.Linear)
+        or backbone is None
+        or backbone is model
+        or _is_sharded(head.weight)
+        or getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    ):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return sequence_logps(logits, input_ids, loss_mask)
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
+    mask = loss_mask[:, 1:].bool()  # (N, T-1): position t predicts token t + 1
+    selected = head_logps(hidden[:, :-1][mask], head, input_ids[:, 1:][mask], chunk_size=chunk_size)  # (M,)
+    per_token = hidden.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, selected)
+    return per_token.sum(-1), mask.sum(-1).to(torch.float32)
