@@ -125,13 +125,40 @@ def test_sampler_two_ranks_get_disjoint_equal_shares(n: int) -> None:
         rows = [[i for b in share for i in b] for share in shares]
         assert not set(rows[0]) & set(rows[1])
         assert len(rows[0]) == len(set(rows[0])) and len(rows[1]) == len(set(rows[1]))
-        # Together the ranks see what one process would see dealt out: every global batch once.
+        # Step k of the two ranks together is global batch k, split row by row.
         global_batches = ranks[0].global_batches()
-        assert sorted(map(sorted, shares[0] + shares[1])) == sorted(map(sorted, global_batches))
+        assert [sorted(a + b) for a, b in zip(*shares, strict=True)] == [sorted(g) for g in global_batches]
     if n == 1003:
         assert len(ranks[0]) == 1003 // 16
     if n == 10:  # fewer rows than a full batch per rank: one smaller batch each
         assert [len(b) for b in _epoch(ranks[0], 0)] == [5]
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_two_ranks_train_on_what_one_process_with_the_global_batch_does(group_by_length: bool) -> None:
+    """W ranks with batch B see, step by step, the rows of one process with batch W·B."""
+    lengths = _lengths(500)
+    one = LengthGroupedBatchSampler(lengths, 8, seed=3, group_by_length=group_by_length)
+    two = [
+        LengthGroupedBatchSampler(lengths, 4, seed=3, group_by_length=group_by_length, num_replicas=2, rank=r)
+        for r in (0, 1)
+    ]
+    for epoch in (0, 1):
+        single = _epoch(one, epoch)
+        pairs = zip(*(_epoch(s, epoch) for s in two), strict=True)
+        assert [sorted(a + b) for a, b in pairs] == [sorted(b) for b in single]
+
+
+def test_resume_at_skips_the_finished_batches_of_that_epoch_only() -> None:
+    sampler = LengthGroupedBatchSampler(_lengths(200), 8, seed=5)
+    full = {epoch: _epoch(sampler, epoch) for epoch in (0, 1)}
+    sampler.set_epoch(1)
+    sampler.resume_at(1, 7)
+    assert list(sampler) == full[1][7:]
+    assert list(sampler) == full[1]  # one-shot: the next pass over the epoch is whole again
+    sampler.resume_at(0, 7)
+    sampler.set_epoch(1)  # resumed from the end of epoch 0: epoch 1 starts at its beginning
+    assert list(sampler) == full[1]
 
 
 def test_sampler_refuses_more_ranks_than_rows() -> None:

@@ -18,6 +18,7 @@ from tralign.data.collate import pad_fraction
 from tralign.logprobs import sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
+from tralign.strategies import ShardPlan, is_sharded, shard_model
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -55,8 +56,10 @@ class AlignmentModule(L.LightningModule):
         optim: Mapping[str, Any],
         max_steps: int,
         keep_initial: bool = True,
+        shard_plan: ShardPlan | None = None,
     ):
         super().__init__()
+        self.shard_plan = shard_plan
         self.policy = policy
         self.spec = get_loss(loss)
         self.loss_params = dict(loss_params)
@@ -72,6 +75,17 @@ class AlignmentModule(L.LightningModule):
         )
         self.ref_updates = 0
         self._seen_step = 0
+
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp2``: shard the policy and its frozen copies the same way, so the
+        reference update pairs each rank's local shards (Lightning calls this once the process
+        group and device mesh exist, before the optimizer is built; again for later stages)."""
+        if self.shard_plan is None or is_sharded(self.policy):
+            return
+        mesh = self.device_mesh["data_parallel"]
+        for model in (self.policy, self.reference, self.initial):
+            if model is not None:
+                shard_model(model, self.shard_plan, mesh)
 
     # --- frozen copies stay in eval mode whatever Lightning does to the module ---------------
     def train(self, mode: bool = True) -> AlignmentModule:

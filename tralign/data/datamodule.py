@@ -14,7 +14,7 @@ here, so the trainer runs with ``use_distributed_sampler: false`` (conf/trainer/
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -104,6 +104,30 @@ def _drop_bad_rows(tables: dict[str, Dataset], on_bad_rows: str) -> tuple[dict[s
     return kept, {name: len(rows) for name, rows in bad.items()}
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in Lightning checkpoints.
+
+    Lightning stores ``state_dict()`` of every training loader that has one and hands it back to
+    ``load_state_dict`` on resume, before iterating. The position is Lightning's count of finished
+    batches (``batches_done``), not the count this iterator produced: Lightning fetches one batch
+    ahead, and worker processes prefetch more. On resume the batch sampler skips that many batches
+    of the saved epoch: the order is a function of (seed, epoch), so the resumed run trains on the
+    very batches the interrupted one would have.
+    """
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.batch_sampler.epoch), "batches_done": self._batches_done()}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        # Lightning creates the resumed epoch's iterator before its set_epoch call: set it here.
+        self.batch_sampler.set_epoch(int(state["epoch"]))
+        self.batch_sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+
+
 class PreferenceDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -180,12 +204,19 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_examples,
             batch_sampler=self.train_batch_sampler(),
             collate_fn=self.collate,
             num_workers=int(self.cfg.get("num_workers", 0)),
+            batches_done=self._batches_done,
         )
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch this rank has finished (Lightning's own count)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         replicas = self._replicas()

@@ -1,16 +1,25 @@
 """Length-grouped training batches: little padding, random contents and order, one share per rank.
 
-One epoch, deterministic in (seed, epoch):
+One epoch, deterministic in (seed, epoch) and independent of how many ranks share it:
 
 1. a seeded random permutation of the examples (:class:`EpochPermutation`);
-2. cut to a whole number of batches for every rank; the few rows left over differ every epoch;
-3. with grouping, split into mega-batches of ``mega_batch`` batches, sort each by length (longest
-   first) and cut it into batches: neighbours in a sorted mega-batch have similar lengths, so a
-   batch pads little, while which rows meet in a mega-batch stays random;
-4. shuffle the batch order (lengths must not drift through the epoch) and deal the batches out:
-   rank r of W takes batches r, r + W, r + 2W, ... — disjoint shares of equal size, so every rank
-   runs the same number of steps (per-step collectives such as KTO's all-gathered KL need that);
-5. with grouping, each rank runs its longest batch first, so an out-of-memory shows at step 0.
+2. cut to a whole number of *global* batches (``batch_size`` rows for each of W ranks); the few
+   rows left over differ every epoch;
+3. with grouping, split into mega-batches of ``mega_batch`` global batches, sort each by length
+   (longest first) and cut it into global batches: neighbours in a sorted mega-batch have similar
+   lengths, so a batch pads little, while which rows meet in a mega-batch stays random;
+4. shuffle the batch order (lengths must not drift through the epoch); with grouping, the global
+   batch holding the longest row goes first, so an out-of-memory shows at step 0;
+5. rank r of W takes rows r, r + W, r + 2W, ... of every global batch: disjoint shares of equal
+   size, so every rank runs the same number of steps (per-step collectives such as KTO's
+   all-gathered KL need that), and a similar mix of lengths on every rank.
+
+Because the global batches depend only on (seed, epoch, batch_size × W), a run on W ranks with
+``batch_size`` B trains on exactly the rows that one process with ``batch_size`` W·B trains on,
+step for step (tests/test_scale.py compares the resulting models).
+
+Resuming mid-epoch: :meth:`LengthGroupedBatchSampler.resume_at` makes the next iteration skip the
+batches a checkpointed run had already trained on (see ``ResumableDataLoader`` in datamodule.py).
 
 Lightning only calls ``set_epoch`` on a DataLoader's ``sampler`` and on its
 ``batch_sampler.sampler``, never on the batch sampler itself; the epoch therefore lives in the
@@ -92,32 +101,46 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.mega_batch = mega_batch
         # Named `sampler` on purpose: Lightning's epoch hook reaches `batch_sampler.sampler.set_epoch`.
         self.sampler = EpochPermutation(len(self.lengths), seed)
+        self._resume: tuple[int | None, int] = (None, 0)  # (epoch, batches to skip), see resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration over ``epoch`` start after its first ``batches_done`` batches."""
+        self._resume = (epoch, batches_done)
 
     def __len__(self) -> int:
         return len(self.lengths) // (self.rows_per_batch * self.num_replicas)
 
     def global_batches(self) -> list[list[int]]:
-        """This epoch's batches for all ranks, in order (rank r takes every W-th from r)."""
-        size = self.rows_per_batch
+        """This epoch's global batches (``rows_per_batch`` × W rows each), in training order."""
+        size = self.rows_per_batch * self.num_replicas
         generator = self.sampler.generator()
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        order = order[: len(self) * self.num_replicas * size]
+        order = order[: len(self) * size]
         if self.group_by_length:
             chunk = self.mega_batch * size  # a multiple of size, so every batch below is full
             mega = [order[i : i + chunk] for i in range(0, len(order), chunk)]
             # Stable sort: rows of equal length keep their random order.
             order = [i for m in mega for i in sorted(m, key=lambda i: -self.lengths[i])]
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+        if self.group_by_length and batches:
+            longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
+            batches.insert(0, batches.pop(longest))
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        mine = self.global_batches()[self.rank :: self.num_replicas]
-        if self.group_by_length and mine:
-            longest = max(range(len(mine)), key=lambda b: max(self.lengths[i] for i in mine[b]))
-            mine.insert(0, mine.pop(longest))
+        mine = [batch[self.rank :: self.num_replicas] for batch in self.global_batches()]
+        epoch, done = self._resume
+        self._resume = (None, 0)  # one-shot: later epochs start at their beginning
+        if epoch == self.epoch:
+            mine = mine[done:]
         return iter(mine)
 
 

@@ -1,0 +1,87 @@
+"""Checkpoints a kill cannot corrupt: ``checkpoints/step=N.ckpt`` every ``checkpoint.every_n_steps``
+optimizer steps and at the end, plus ``last.ckpt`` (a link to the newest).
+
+Every checkpoint is first written as ``<name>.partial`` (a file, or a folder for sharded
+strategies) and renamed into place only once all ranks have finished writing, so a run killed
+in the middle of a save leaves the previous checkpoints intact and loadable; the leftover
+``.partial`` is never mistaken for a checkpoint. ``last.ckpt`` is a symbolic link, so the newest
+state is written once, not twice (a 6.9B policy with its reference and AdamW states is ~110 GB).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+PARTIAL = ".partial"
+
+
+def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move ``src`` (file or folder) to ``dst``, replacing whatever is there.
+
+    A file replaces a file atomically (``os.replace``). A folder cannot be renamed over a non-empty
+    folder, so the old one is first moved aside and deleted afterwards: at every instant either the
+    old or the new checkpoint is complete under some name.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir() and not dst.is_symlink():
+        aside = dst.with_name(dst.name + ".old")
+        if aside.exists():
+            shutil.rmtree(aside)
+        dst.rename(aside)
+        src.rename(dst)
+        shutil.rmtree(aside)
+    else:
+        os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with write-then-rename saves and a save at the end of training."""
+
+    def __init__(self, dirpath: str | os.PathLike[str], every_n_steps: int, save_last: bool = True):
+        super().__init__(
+            dirpath=dirpath,
+            filename="{step}",  # -> step=N.ckpt
+            every_n_train_steps=every_n_steps,
+            save_top_k=-1,
+            save_last="link" if save_last else False,
+        )
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        partial = Path(filepath + PARTIAL)
+        if trainer.is_global_zero:
+            _remove(partial)  # a leftover of a killed save
+        trainer.strategy.barrier("tralign-checkpoint-start")
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        trainer.strategy.barrier("tralign-checkpoint-written")  # every rank's shard is on disk
+        if trainer.is_global_zero:
+            replace_path(partial, filepath)
+        trainer.strategy.barrier("tralign-checkpoint-renamed")
+        self._save_checkpoint_bookkeeping(trainer, filepath)
+
+    def _save_checkpoint_bookkeeping(self, trainer: L.Trainer, filepath: str) -> None:
+        # What ModelCheckpoint._save_checkpoint does after writing (Lightning 2.6).
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final state, unless the last periodic save already holds it."""
+        if trainer.global_step == self._last_global_step_saved or trainer.global_step == 0:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)

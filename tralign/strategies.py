@@ -1,0 +1,197 @@
+"""How the policy and its reference copies are spread over devices.
+
+``trainer.strategy`` in the config is either a Lightning strategy name (``auto``, ``ddp`` …) passed
+through as it is, or a mapping with ``name``:
+
+- ``fsdp``: Lightning's ``FSDPStrategy`` (FSDP1; GPUs only). Every decoder block and each whole
+  model (policy, reference, starting policy) is its own FSDP unit, so the policy and the reference
+  are cut into flat shards the same way and a rank's policy shard lines up with its reference
+  shard (see ``tralign.reference``).
+- ``fsdp2``: Lightning's ``ModelParallelStrategy`` with ``torch.distributed.fsdp.fully_shard``
+  applied by :meth:`AlignmentModule.configure_model` (:func:`shard_model`): every parameter becomes
+  a ``DTensor`` sharded on dim 0 over the data-parallel mesh, identically for the three copies.
+  Runs on CPU with gloo too, which is how the tests cover the sharded path.
+
+Nothing here runs at import time of the training loop; :func:`build_strategy` is called once the
+policy exists (the wrap policy needs its decoder-block class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+SHARDED = ("fsdp", "fsdp2")
+STRATEGY_KEYS: dict[str, set[str]] = {
+    "fsdp": {
+        "sharding_strategy",
+        "activation_checkpointing",
+        "state_dict_type",
+        "cpu_offload",
+        "limit_all_gathers",
+    },
+    "fsdp2": {
+        "mixed_precision",
+        "reshard_after_forward",
+        "activation_checkpointing",
+        "save_distributed_checkpoint",
+    },
+    "ddp": {"find_unused_parameters", "static_graph"},
+}
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What :func:`shard_model` does to each copy under ``fsdp2``."""
+
+    block: type[nn.Module]
+    param_dtype: torch.dtype | None = None  # compute dtype of the gathered parameters (None: as stored)
+    reshard_after_forward: bool = True
+
+
+def strategy_problems(strategy: Any, accelerator: Any) -> list[str]:
+    """Config problems of ``trainer.strategy``, naming the key; empty when fine."""
+    if not isinstance(strategy, Mapping):
+        return []
+    name = strategy.get("name")
+    if name not in STRATEGY_KEYS:
+        return [f"trainer.strategy.name: must be one of {', '.join(STRATEGY_KEYS)}, got {name!r}"]
+    problems = [
+        f"trainer.strategy.{key}: unknown for {name}; valid: {', '.join(sorted(STRATEGY_KEYS[name]))}"
+        for key in strategy
+        if key != "name" and key not in STRATEGY_KEYS[name]
+    ]
+    if name == "fsdp" and accelerator == "cpu":
+        problems.append(
+            "trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=fsdp2 on CPU"
+        )
+    if name == "fsdp" and strategy.get("sharding_strategy", "FULL_SHARD") not in SHARDING_STRATEGIES:
+        problems.append(
+            f"trainer.strategy.sharding_strategy: must be one of {', '.join(SHARDING_STRATEGIES)}, "
+            f"got {strategy.get('sharding_strategy')!r}"
+        )
+    if name == "fsdp2" and strategy.get("mixed_precision") not in DTYPES:
+        problems.append(
+            f"trainer.strategy.mixed_precision: must be bf16, fp16 or null, got {strategy.get('mixed_precision')!r}"
+        )
+    return problems
+
+
+def decoder_block(model: nn.Module) -> type[nn.Module]:
+    """The class of the model's repeated decoder block (``GPTNeoXLayer``, ``LlamaDecoderLayer`` …),
+    from the Hugging Face model's ``_no_split_modules``."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in names:
+            return type(module)
+    raise ValueError(
+        f"cannot find the decoder block of {type(model).__name__} (its _no_split_modules: {names})"
+    )
+
+
+def build_strategy(
+    strategy: Any, policy: nn.Module, *, devices: Any, num_nodes: int
+) -> tuple[Any, ShardPlan | None]:
+    """The Lightning strategy for ``trainer.strategy``, and the fsdp2 plan for the module (or None)."""
+    if not isinstance(strategy, Mapping):
+        return strategy, None
+    options = {k: v for k, v in strategy.items() if k != "name"}
+    name = strategy["name"]
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(**options), None
+    block = decoder_block(policy)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        units = {block, type(policy)}  # each whole copy is a unit: identical shards for policy and reference
+        return (
+            FSDPStrategy(
+                auto_wrap_policy=units,
+                activation_checkpointing_policy={block} if options.get("activation_checkpointing") else None,
+                sharding_strategy=options.get("sharding_strategy", "FULL_SHARD"),
+                state_dict_type=options.get("state_dict_type", "sharded"),
+                cpu_offload=bool(options.get("cpu_offload", False)),
+                limit_all_gathers=bool(options.get("limit_all_gathers", True)),
+                use_orig_params=True,  # frozen and trained copies side by side; per-parameter views
+            ),
+            None,
+        )
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    world = _world_size(devices, num_nodes)
+    if options.get("activation_checkpointing"):
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plan = ShardPlan(
+        block=block,
+        param_dtype=DTYPES[options.get("mixed_precision")],
+        reshard_after_forward=bool(options.get("reshard_after_forward", True)),
+    )
+    return (
+        ModelParallelStrategy(
+            data_parallel_size=world,  # pure FSDP2: every rank in one data-parallel group
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=bool(options.get("save_distributed_checkpoint", True)),
+        ),
+        plan,
+    )
+
+
+def _world_size(devices: Any, num_nodes: int) -> int | str:
+    if isinstance(devices, int):
+        return devices * int(num_nodes)
+    if isinstance(devices, (list, tuple)):
+        return len(devices) * int(num_nodes)
+    return "auto"  # Lightning resolves it (devices=auto/-1)
+
+
+def shard_model(model: nn.Module, plan: ShardPlan, mesh: Any) -> None:
+    """``fully_shard`` every decoder block, then the whole model (embeddings, head, final norm)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": plan.reshard_after_forward}
+    if plan.param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=plan.param_dtype, reduce_dtype=torch.float32)
+    for module in model.modules():
+        if isinstance(module, plan.block):
+            fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when the model's parameters are FSDP shards (FSDP2 DTensors or FSDP1 flat views)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(model, FullyShardedDataParallel):
+        return True
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(
+    model: nn.Module, root: nn.Module | None = None, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The whole, unsharded state dict of a sharded ``model`` on CPU, on rank 0 (empty elsewhere).
+
+    A collective: every rank must call it. FSDP2 gathers one parameter at a time; FSDP1 gathers
+    through its root (``root``, keys starting with ``prefix``) with rank-0-only CPU offload.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if root is not None and isinstance(root, FullyShardedDataParallel):
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+            state = root.state_dict()
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
