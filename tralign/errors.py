@@ -23,6 +23,15 @@ class DataError(TralignError):
 
 
 def exit_on_user_error(err: TralignError) -> NoReturn:
-    """What every command line does with a user error: one line on stderr, exit code 2."""
+    """What every command line does with a user error: one line on stderr, exit code 2 (or the
+    error's own ``exit_code``, e.g. 3 for a run stopped on non-finite values).
+
+    A credential given in the config has already been written by Hydra to the run's ``.hydra/``
+    folder: it is redacted there first."""
+    secrets = getattr(err, "secrets", None)
+    if secrets:
+        from tralign.safety import redact_hydra_outputs
+
+        redact_hydra_outputs(secrets)
     print(f"tralign: error: {err}", file=sys.stderr)
-    raise SystemExit(2) from None
+    raise SystemExit(int(getattr(err, "exit_code", 2))) from None

@@ -1,0 +1,280 @@
+"""Training-loop guards, as Lightning callbacks: non-finite steps and pre-emption.
+
+``NonFiniteGuard`` checks every optimizer step's loss and gradients. A bad step is *skipped*: every
+policy gradient is set to None before ``optimizer.step()``, so AdamW leaves those parameters alone
+(no moment update, no weight decay). Lightning still counts the step in ``global_step`` (and the
+learning-rate schedule advances), so ``train/skipped_steps`` says how many of ``global_step`` did not
+move the policy. After ``guard.max_consecutive_nonfinite`` bad steps in a row (or the first one with
+``guard.on_nonfinite=stop``) the run saves a checkpoint of the current state — the last good one,
+since bad updates were skipped — and stops with :class:`NonFiniteError` (exit code 3). Before the
+reference moves, the policy's weights are checked too: a non-finite policy is never mixed into it.
+
+``PreemptionCheckpoint`` builds on Lightning's SIGTERM handling (the handler sets
+``trainer.received_sigterm``; the loop raises ``SIGTERMException`` after the batch): at the end of
+the first complete optimizer step after the signal (reference updated) it saves
+``checkpoints/step=N-preempt.ckpt``, writes ``summary.json`` with status ``preempted`` and lets
+Lightning stop; ``python -m tralign.train`` then exits with code 143. Resume with ``ckpt_path=``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from tralign.errors import TralignError
+
+log = logging.getLogger("tralign")
+
+OnNonFinite = Literal["skip", "stop"]
+ON_NONFINITE: tuple[OnNonFinite, ...] = ("skip", "stop")
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what schedulers expect of a job that was terminated
+
+
+class NonFiniteError(TralignError):
+    """Training stopped on non-finite loss, gradients or weights; the message names the checkpoint."""
+
+    exit_code = EXIT_NONFINITE
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2), else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """True when every element of every tensor (local shards) is finite; one reduction per dtype group."""
+    tensors = [_local(t).detach() for t in tensors if t is not None and _local(t).numel()]
+    if not tensors:
+        return True
+    # The largest |element| is non-finite iff some element is (NaN propagates, inf stays inf), and
+    # unlike the 2-norm it cannot overflow on large finite values. One kernel per tensor group.
+    norms = torch._foreach_norm(tensors, float("inf"))
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """``flag`` OR-ed over all processes: each FSDP rank sees only its own shard of the gradients."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _run_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.default_root_dir)
+
+
+def _write_summary(trainer: L.Trainer, status: str, **fields: Any) -> None:
+    if not trainer.is_global_zero:
+        return
+    path = _run_dir(trainer) / "summary.json"
+    summary = {"status": status, "global_step": int(trainer.global_step), **fields}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _save(trainer: L.Trainer, name: str) -> Path:
+    """Write-then-rename, as the periodic checkpoints: a kill during the save leaves no half file
+    under a checkpoint's name."""
+    path = _run_dir(trainer) / "checkpoints" / name
+    partial = path.with_name(path.name + ".partial")
+    trainer.save_checkpoint(
+        partial, weights_only=False
+    )  # full state; collective: every rank calls it (sharded: each its shard)
+    trainer.strategy.barrier("tralign-guard-checkpoint-written")
+    if trainer.is_global_zero:
+        try:
+            from tralign.checkpoint import replace_path
+        except ImportError:  # pragma: no cover - tralign.checkpoint ships with the scale work
+            replace_path = os.replace
+        replace_path(partial, path)
+    trainer.strategy.barrier("tralign-guard-checkpoint-renamed")
+    return path
+
+
+def _policy(pl_module: L.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "policy", pl_module)
+
+
+class NonFiniteGuard(L.Callback):
+    def __init__(self, on_nonfinite: OnNonFinite = "skip", max_consecutive: int = 10):
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"guard.on_nonfinite: must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.max_consecutive = int(max_consecutive)
+        self.skipped = 0  # optimizer steps skipped, over the whole run (resumes included)
+        self.consecutive = 0
+        self._bad_loss = False  # some micro-batch of the current optimizer step had a bad loss
+        self._stop: str | None = None  # why the run stops at the end of this step
+        self._seen_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return "NonFiniteGuard"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        self.consecutive = int(state.get("consecutive", 0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._bad_loss = True
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Under fp16 mixed precision the GradScaler skips steps with inf gradients by design (and
+        # lowers its scale): those are its business, only a non-finite loss is ours.
+        check_grads = not str(trainer.precision).startswith("16")
+        bad = self._bad_loss or (check_grads and not all_finite([p.grad for p in params]))
+        self._bad_loss = False
+        bad = _any_rank(bad, pl_module.device)
+        if not bad:
+            self.consecutive = 0
+            return
+        for p in params:
+            p.grad = None  # AdamW skips parameters without a gradient: the policy does not move
+        self.skipped += 1
+        self.consecutive += 1
+        step = trainer.global_step + 1
+        log.warning(
+            "non-finite loss or gradients at optimizer step %d: update skipped (%d in a row, %d in all)",
+            step,
+            self.consecutive,
+            self.skipped,
+        )
+        if self.on_nonfinite == "stop":
+            self._stop = f"non-finite loss or gradients at optimizer step {step} (guard.on_nonfinite=stop)"
+        elif self.consecutive >= self.max_consecutive:
+            self._stop = (
+                f"{self.consecutive} consecutive optimizer steps with non-finite loss or gradients "
+                f"(guard.max_consecutive_nonfinite={self.max_consecutive})"
+            )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._seen_step:
+            return  # mid gradient accumulation: no optimizer step yet
+        self._seen_step = step
+        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+        schedule = getattr(pl_module, "schedule", None)
+        if (
+            schedule is not None
+            and getattr(pl_module, "reference", None) is not None
+            and schedule.is_update_step(step)
+            and _any_rank(not all_finite(list(_policy(pl_module).parameters())), pl_module.device)
+        ):
+            # This callback runs before the module's reference update (trainer callbacks come
+            # first): a policy that went non-finite despite finite gradients stops the run here.
+            why = f"the policy's weights are non-finite after optimizer step {step}"
+            _write_summary(trainer, "stopped", error=why, skipped_steps=self.skipped)
+            raise NonFiniteError(
+                f"{why}; the reference was not updated; resume from an earlier checkpoint in "
+                f"{_run_dir(trainer) / 'checkpoints'} with a lower optim.lr"
+            )
+        if self._stop is not None:
+            why, self._stop = self._stop, None
+            if hasattr(pl_module, "step_reference"):
+                pl_module.step_reference()  # the checkpoint holds this step's reference, as on resume
+            path = _save(trainer, f"nonfinite-step{step}.ckpt")
+            _write_summary(trainer, "stopped", error=why, checkpoint=str(path), skipped_steps=self.skipped)
+            raise NonFiniteError(f"{why}; the last good state is saved in {path}")
+
+
+class PreemptionCheckpoint(L.Callback):
+    """Save a resumable checkpoint when SIGTERM (SLURM's pre-emption warning) arrives, then stop."""
+
+    def __init__(self) -> None:
+        self.saved: Path | None = None
+        self._pending = False  # a signal arrived mid gradient accumulation
+        self._seen_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        connector = getattr(trainer, "_signal_connector", None)
+        if trainer.received_sigterm and connector is not None:
+            # Hold the signal until the optimizer step completes: a checkpoint taken mid
+            # accumulation would lose the accumulated gradients. Lightning raises at the end of
+            # this batch only if the flag is still set when it looks.
+            self._pending, connector.received_sigterm = True, False
+        step = trainer.global_step
+        at_boundary = step != self._seen_step
+        self._seen_step = step
+        if not at_boundary:
+            return
+        if not _any_rank(self._pending, pl_module.device):
+            return
+        # The module moves its reference after the callbacks; do it now so the checkpoint holds
+        # the reference of this step (step_reference is idempotent).
+        if hasattr(pl_module, "step_reference"):
+            pl_module.step_reference()
+        self._preempt(trainer)
+        if connector is not None:
+            connector.received_sigterm = True  # Lightning raises SIGTERMException after this batch
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not is_preemption(exception):
+            return
+        try:
+            self._save_late(trainer)
+        finally:
+            exception.checkpoint = self.saved  # for the command line's last message
+
+    def _save_late(self, trainer: L.Trainer) -> None:
+        if self.saved is not None:
+            return
+        # The signal arrived after this step's callbacks ran (during validation or a checkpoint
+        # write): the state is the end of a complete step unless accumulation was under way.
+        if trainer.world_size > 1:
+            log.warning("pre-empted: no checkpoint written (resume from the last periodic checkpoint)")
+            _write_summary(trainer, "preempted", checkpoint=None)
+            return
+        self._preempt(trainer)
+
+    def _preempt(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
+        self.saved = _save(trainer, f"preempt-step{step}.ckpt")
+        _write_summary(trainer, "preempted", checkpoint=str(self.saved))
+        log.warning(
+            "pre-empted (SIGTERM) after optimizer step %d: checkpoint %s; resume with ckpt_path=%s",
+            step,
+            self.saved,
+            self.saved,
+        )
+
+
+def is_preemption(err: BaseException) -> bool:
+    """Lightning's SIGTERMException (a SystemExit), without importing Lightning to ask."""
+    return isinstance(err, SystemExit) and type(err).__name__ == "SIGTERMException"
+
+
+def guard_callbacks(guard_cfg: Any) -> list[L.Callback]:
+    """The callbacks ``conf/train.yaml``'s ``guard`` block asks for."""
+    guard_cfg = guard_cfg or {}
+    callbacks: list[L.Callback] = []
+    on_nonfinite = guard_cfg.get("on_nonfinite", "skip")
+    if on_nonfinite != "off":
+        # First: its weight check must run before anything moves the reference.
+        callbacks.append(NonFiniteGuard(on_nonfinite, int(guard_cfg.get("max_consecutive_nonfinite", 10))))
+    if guard_cfg.get("preemption_checkpoint", True):
+        callbacks.append(PreemptionCheckpoint())
+    return callbacks
