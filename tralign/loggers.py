@@ -56,6 +56,9 @@ def build_logger(
             save_dir=str(run_dir),
             mode=wandb_mode(str(logger_cfg.get("mode", "auto"))),
         )
+        from tralign.safety import check_no_secrets
+
+        check_no_secrets(dict(config))  # W&B keeps the config: never a credential in it
         logger.log_hyperparams(dict(config))
         return logger
     raise ValueError(f"logger.name: unknown logger {name!r}; valid: wandb, csv, none")

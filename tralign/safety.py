@@ -30,7 +30,7 @@ from tralign.errors import ConfigError, TralignError
 # Key names that hold a credential. "token" alone is too broad (max_new_tokens, pad_token ...),
 # so only the credential spellings of it.
 SECRET_KEY = re.compile(
-    r"(^|[_.-])(api_?key|secret|secret_?key|passw(or)?d|(access|auth|api|hf|bearer|wandb|github|openai)_?token|token)$",
+    r"(^|[_.-])(api_?key|secret(_?key)?|passw(or)?d|(access|auth|api|hf|bearer|wandb|github|openai)_?token)$|^token$",
     re.IGNORECASE,
 )
 # Values that are credentials whatever the key: OpenAI/Anthropic-style and Hugging Face tokens.

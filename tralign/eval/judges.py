@@ -108,6 +108,13 @@ class RewardModelJudge(ScoreJudge):
 
 def build_judge(judge_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> Judge:
     """The judge ``judge.name`` names; bad settings fail here, before any model is sampled."""
+    from omegaconf import OmegaConf
+
+    from tralign.safety import check_no_secrets
+
+    # Keys come from the environment only (judge.api_key_env names the variable), never the config.
+    plain = OmegaConf.to_container(judge_cfg) if OmegaConf.is_config(judge_cfg) else dict(judge_cfg)
+    check_no_secrets({"judge": plain})
     name = judge_cfg.get("name")
     if name == "golden":
         from tralign.data.sources import synthetic_task

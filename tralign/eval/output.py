@@ -42,6 +42,10 @@ def log_wandb(
     """One W&B run (job_type=eval): each comparison's numbers as ``<policy> vs <baseline>/<metric>``
     summary values, a ``comparisons`` table and a ``samples`` table of generations. The caller
     closes the run (``tralign.loggers.finish_wandb``)."""
+    from tralign.safety import check_no_secrets
+
+    check_no_secrets(dict(config))  # W&B keeps the config: never a credential in it
+
     if logger_cfg.get("name") != "wandb":
         return
     import wandb
