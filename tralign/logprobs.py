@@ -141,7 +141,9 @@ class _ChunkedHeadLogps(torch.autograd.Function):
             rows = slice(start, start + ctx.chunk_size)
             g = grad_out[rows].unsqueeze(-1)  # (m, 1)
             logits = torch.nn.functional.linear(hidden[rows], w, b).float()
-            grad = torch.exp(logits - lse[rows].unsqueeze(-1)).mul_(-g)  # d/d logits = g * (1[t] - p)
+            grad = (
+                logits.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)
+            )  # d/d logits = g * (1[t] - p), in place
             grad.scatter_add_(-1, targets[rows].unsqueeze(-1), g)
             grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
@@ -155,9 +157,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def head_logps(
-    hidden: Tensor, head: torch.nn.Linear, targets: Tensor, *, chunk_size: int = 512
-) -> Tensor:
+def head_logps(hidden: Tensor, head: torch.nn.Linear, targets: Tensor, *, chunk_size: int = 512) -> Tensor:
     """Log-probs (M,) float32 of ``targets`` (M,) under ``head(hidden)`` for hidden (M, H), without
     materialising the (M, V) logits (chunked, recomputed in the backward pass)."""
     _check_chunk_size(chunk_size)

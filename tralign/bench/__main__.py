@@ -148,7 +148,9 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
         }
         if cfg.check_loss:
             check = _worker(spec_path, "precheck", work)
-            rtol = float(cfg.loss_rtol) if cfg.loss_rtol is not None else (2e-2 if precision == "bf16" else 1e-4)
+            rtol = (
+                float(cfg.loss_rtol) if cfg.loss_rtol is not None else (2e-2 if precision == "bf16" else 1e-4)
+            )
             report["loss_check"] = {**check, "rtol": rtol}
             log(
                 f"loss pre-check (first batch, {check['rows']} pairs): tralign {check['tralign_loss']:.6f}  "

@@ -64,7 +64,16 @@ def ratio(summary: dict[str, dict[str, Any]]) -> float:
 def table(summary: dict[str, dict[str, Any]]) -> str:
     """The table; its last line is ``throughput ratio tralign/trl: X.XX`` when both ran."""
     memory = "peak CUDA MiB" if all("peak_cuda_mb" in s for s in summary.values()) else "peak RSS MiB"
-    header = ["framework", "tokens/s", "step median s", "step p10-p90 s", memory, "ref update ms", "ref/step", "pad frac"]
+    header = [
+        "framework",
+        "tokens/s",
+        "step median s",
+        "step p10-p90 s",
+        memory,
+        "ref update ms",
+        "ref/step",
+        "pad frac",
+    ]
     rows = [header]
     for name, s in summary.items():
         mem = s.get("peak_cuda_mb", s["peak_rss_mb"]) if memory.startswith("peak CUDA") else s["peak_rss_mb"]
@@ -81,7 +90,12 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     if {"tralign", "trl"} <= summary.keys():
         lines.append(f"throughput ratio tralign/trl: {ratio(summary):.2f}")

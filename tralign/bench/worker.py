@@ -109,7 +109,9 @@ def _module_class(head: str):
 
         @staticmethod
         def _logps(model, batch):
-            return model_sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            return model_sequence_logps(
+                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+            )
 
     return MaskedHeadModule
 
@@ -121,7 +123,9 @@ def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
         policy,
         loss="dpo",
         loss_params={"beta": float(spec["beta"]), "label_smoothing": 0.0},
-        schedule=ReferenceSchedule("soft" if float(spec["alpha"]) < 1 else "hard", float(spec["alpha"]), int(spec["tau"])),
+        schedule=ReferenceSchedule(
+            "soft" if float(spec["alpha"]) < 1 else "hard", float(spec["alpha"]), int(spec["tau"])
+        ),
         optim={
             "lr": float(spec["lr"]),
             "betas": list(spec["betas"]),
@@ -303,14 +307,27 @@ def precheck(spec: dict[str, Any]) -> dict[str, Any]:
     del module
 
     trainer = _trl_trainer(
-        spec, tokenizer, data, _load(spec["model_dir"], device), ref_model=_load(spec["reference_dir"], device)
+        spec,
+        tokenizer,
+        data,
+        _load(spec["model_dir"], device),
+        ref_model=_load(spec["reference_dir"], device),
     )
     trl_batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items()}
     trainer.model.eval()
     with torch.no_grad(), autocast:
         trl_loss = float(trainer._compute_loss(trainer.model, trl_batch, return_outputs=False))
-    same_tokens = bool(torch.equal(trl_batch["input_ids"] * trl_batch["attention_mask"], batch["input_ids"] * batch["attention_mask"]))
-    return {"tralign_loss": tralign_loss, "trl_loss": trl_loss, "same_tokens": same_tokens, "rows": len(examples)}
+    same_tokens = bool(
+        torch.equal(
+            trl_batch["input_ids"] * trl_batch["attention_mask"], batch["input_ids"] * batch["attention_mask"]
+        )
+    )
+    return {
+        "tralign_loss": tralign_loss,
+        "trl_loss": trl_loss,
+        "same_tokens": same_tokens,
+        "rows": len(examples),
+    }
 
 
 RUNNERS = {"tralign": run_tralign, "trl": run_trl, "precheck": precheck}

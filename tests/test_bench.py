@@ -1,0 +1,127 @@
+"""tralign.bench plumbing: the loss pre-check, the summary/table/ratio line, a two-step run of both
+frameworks. No timing assertions: the numbers depend on the machine."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tralign.bench import __main__ as bench
+from tralign.bench.presets import PRESETS, model_config
+from tralign.bench.report import BenchError, check_losses, summarize, table
+
+BENCH_CONF = Path(bench.__file__).parent / "conf"
+RATIO_LINE = re.compile(r"^throughput ratio tralign/trl: \d+\.\d\d$")
+
+
+def bench_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(BENCH_CONF), version_base="1.3"):
+        return compose("bench", overrides=overrides)
+
+
+def run_result(step_s, tokens, positions, ref=(0.001, 0.003, 0.002), rss=100.0):
+    return {
+        "step_s": step_s,
+        "tokens": tokens,
+        "positions": positions,
+        "ref_update_s": list(ref),
+        "peak_rss_mb": rss,
+    }
+
+
+def test_check_losses_accepts_equal_and_refuses_different_or_nonfinite() -> None:
+    check_losses(0.693147, 0.693147 * (1 + 5e-5), rtol=1e-4)
+    with pytest.raises(BenchError, match="tralign 0.700000 vs trl 0.690000"):
+        check_losses(0.70, 0.69, rtol=1e-4)
+    with pytest.raises(BenchError, match="non-finite"):
+        check_losses(float("nan"), 0.69, rtol=1e-4)
+
+
+def test_summary_pools_repeats_and_table_ends_with_the_ratio() -> None:
+    tralign = summarize(
+        [run_result([1.0, 1.0], [300, 100], [400, 100]), run_result([2.0], [400], [400], rss=120.0)]
+    )
+    assert tralign["tokens_per_s"] == pytest.approx(800 / 4.0)  # all tokens / all time
+    assert tralign["tokens_per_s_by_repeat"] == pytest.approx([200.0, 200.0])
+    assert tralign["step_median_s"] == 1.0
+    assert tralign["pad_fraction"] == pytest.approx(1 - 800 / 900)
+    assert tralign["peak_rss_mb"] == 120.0
+    assert tralign["ref_update_median_s"] == pytest.approx(0.002)
+    assert tralign["ref_update_share"] == pytest.approx(0.002)
+    trl = summarize([run_result([4.0, 4.0], [400, 400], [800, 800])])
+    lines = table({"tralign": tralign, "trl": trl}).splitlines()
+    assert (
+        lines[0].split()[0] == "framework"
+        and lines[2].split()[0] == "tralign"
+        and lines[3].split()[0] == "trl"
+    )
+    assert lines[-1] == "throughput ratio tralign/trl: 2.00"
+    assert "ratio" not in table({"tralign": tralign})  # one framework: no ratio line
+
+
+def test_presets_are_gpt_neox_configs() -> None:
+    from transformers import GPTNeoXConfig
+
+    for name in PRESETS:
+        config = GPTNeoXConfig(vocab_size=64, **model_config(name))
+        assert config.hidden_size % config.num_attention_heads == 0
+    assert model_config("pythia-1b-arch")["hidden_size"] == 2048
+    with pytest.raises(KeyError, match="unknown preset"):
+        model_config("pythia-1b")
+
+
+def test_a_failed_loss_check_times_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_worker(spec_path, what, work):
+        calls.append(what)
+        return {"tralign_loss": 0.70, "trl_loss": 0.60, "same_tokens": True, "rows": 2}
+
+    monkeypatch.setattr(bench, "_worker", fake_worker)
+    cfg = bench_cfg(["model=tiny", "data=synthetic", "steps=1", "warmup=1", "repeats=1"])
+    with pytest.raises(BenchError, match="loss pre-check failed"):
+        bench.run(cfg, tmp_path / "bench.json", log=lambda *_: None)
+    assert calls == ["precheck"]
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.slow
+def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    lines: list[str] = []
+    out = tmp_path / "bench.json"
+    cfg = bench_cfg(
+        [
+            "model=tiny",
+            "data=synthetic",
+            "steps=2",
+            "warmup=1",
+            "repeats=1",
+            "ref_update_calls=2",
+            "batch_size=4",
+        ]
+    )
+    bench.run(cfg, out, log=lambda s: lines.extend(str(s).splitlines()))
+
+    assert RATIO_LINE.match(lines[-1]), lines[-1]
+    header = next(i for i, line in enumerate(lines) if line.startswith("framework"))
+    assert [line.split()[0] for line in lines[header + 2 : header + 4]] == ["tralign", "trl"]
+    report = json.loads(out.read_text())
+    check = report["loss_check"]
+    assert check["same_tokens"] and check["rows"] == 4
+    # Policy and reference differ in the pre-check, so the loss is not DPO's trivial log 2.
+    assert check["tralign_loss"] == pytest.approx(check["trl_loss"], rel=1e-4)
+    assert abs(check["tralign_loss"] - math.log(2)) > 1e-3
+    for name in ("tralign", "trl"):
+        (run,) = report["runs"][name]
+        assert len(run["step_s"]) == len(run["tokens"]) == 2 and len(run["ref_update_s"]) == 2
+        assert all(0 < t <= p for t, p in zip(run["tokens"], run["positions"], strict=True))
+        assert report["summary"][name]["peak_rss_mb"] > 0
+    ratio = report["summary"]["tralign"]["tokens_per_s"] / report["summary"]["trl"]["tokens_per_s"]
+    assert lines[-1].endswith(f"{ratio:.2f}")
+    assert report["settings"]["alpha"] == 0.6 and report["settings"]["tau"] == 1
