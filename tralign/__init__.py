@@ -1,3 +1,7 @@
 """tralign: Trust Region preference alignment."""
 
+from tralign.runstamp import register as _register_resolvers
+
 __version__ = "0.1.0"
+
+_register_resolvers()  # ${run_stamp:} in conf/train.yaml's run folder

@@ -123,9 +123,12 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(self.batch_sampler.epoch), "batches_done": self._batches_done()}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self.batch_sampler):  # saved after an epoch's last batch: the next one is due
+            epoch, done = epoch + 1, 0
         # Lightning creates the resumed epoch's iterator before its set_epoch call: set it here.
-        self.batch_sampler.set_epoch(int(state["epoch"]))
-        self.batch_sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.resume_at(epoch, done)
 
 
 class PreferenceDataModule(L.LightningDataModule):

@@ -1,0 +1,387 @@
+"""The sharded path on CPU: strategy configs, the shard-local reference update (no collectives, no
+allocations), 1-process ≡ 2-process training, exact resume after SIGKILL, atomic checkpoints and
+the consolidated export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, SHRINK, compose_cfg, run_cli
+from safetensors.torch import load_file
+
+from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
+from tralign.config import validate
+from tralign.errors import ConfigError
+from tralign.strategies import ShardPlan, build_strategy, decoder_block, strategy_problems
+
+
+def _tiny_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
+# --- strategies ----------------------------------------------------------------------------------
+def test_decoder_block_is_found_for_neox_and_llama() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    assert decoder_block(_tiny_neox()).__name__ == "GPTNeoXLayer"
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=32,
+        )
+    )
+    assert decoder_block(llama).__name__ == "LlamaDecoderLayer"
+    with pytest.raises(ValueError, match="decoder block"):
+        decoder_block(torch.nn.Linear(2, 2))
+
+
+def test_fsdp_config_builds_lightnings_fsdp_strategy_wrapping_blocks_and_whole_copies() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    cfg = compose_cfg(["trainer=fsdp", "trainer.strategy.activation_checkpointing=true"])
+    model = _tiny_neox()
+    strategy, plan = build_strategy(cfg.trainer.strategy, model, devices=8, num_nodes=1)
+    assert isinstance(strategy, FSDPStrategy) and plan is None
+    units = strategy.kwargs["auto_wrap_policy"]._module_classes
+    assert {c.__name__ for c in units} == {"GPTNeoXLayer", "GPTNeoXForCausalLM"}
+    checkpointed = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes
+    assert {c.__name__ for c in checkpointed} == {"GPTNeoXLayer"}
+    assert strategy.kwargs["use_orig_params"] is True
+    assert strategy.sharding_strategy.name == "FULL_SHARD"
+    assert strategy._state_dict_type == "sharded"
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_fsdp2_config_builds_model_parallel_strategy_with_one_data_parallel_group() -> None:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    cfg = compose_cfg(["trainer=fsdp2", "trainer.num_nodes=2"])
+    strategy, plan = build_strategy(cfg.trainer.strategy, _tiny_neox(), devices=4, num_nodes=2)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (8, 1)
+    assert plan == ShardPlan(block=plan.block, param_dtype=torch.bfloat16, reshard_after_forward=True)
+    assert plan.block.__name__ == "GPTNeoXLayer"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer=fsdp needs GPUs"),
+        (["trainer=fsdp2", "trainer.strategy.mixed_precision=fp8"], "trainer.strategy.mixed_precision"),
+        (
+            ["trainer=fsdp2", "+trainer.strategy.shard_size=2"],
+            "trainer.strategy.shard_size: unknown for fsdp2",
+        ),
+        (["trainer=fsdp", "trainer.strategy.name=zero3"], "trainer.strategy.name: must be one of"),
+        (["trainer=fsdp", "trainer.strategy.sharding_strategy=HALF"], "trainer.strategy.sharding_strategy"),
+    ],
+)
+def test_bad_strategy_settings_are_refused_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(overrides))
+
+
+def test_plain_strategy_names_pass_through() -> None:
+    assert strategy_problems("ddp", "cpu") == []
+    assert build_strategy("auto", _tiny_neox(), devices=1, num_nodes=1) == ("auto", None)
+
+
+# --- atomic checkpoints --------------------------------------------------------------------------
+def test_replace_path_swaps_files_and_folders(tmp_path: Path) -> None:
+    (tmp_path / "new").write_text("new")
+    (tmp_path / "ckpt").write_text("old")
+    replace_path(tmp_path / "new", tmp_path / "ckpt")
+    assert (tmp_path / "ckpt").read_text() == "new" and not (tmp_path / "new").exists()
+    (tmp_path / "dir.partial").mkdir()
+    (tmp_path / "dir.partial" / "shard").write_text("2")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "shard").write_text("1")
+    replace_path(tmp_path / "dir.partial", tmp_path / "dir")
+    assert (tmp_path / "dir" / "shard").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "dir"]
+
+
+class _DyingTrainer:
+    """Just enough of a Trainer for AtomicCheckpoint._save_checkpoint; its save dies halfway."""
+
+    is_global_zero = True
+    global_step = 7
+    loggers: list = []
+
+    class strategy:  # noqa: N801
+        @staticmethod
+        def barrier(name: str | None = None) -> None:
+            pass
+
+    def __init__(self, die: bool):
+        self.die = die
+
+    def save_checkpoint(self, path: Path, weights_only: bool = False) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        if self.die:
+            raise KeyboardInterrupt("killed during the save")
+        torch.save({"step": self.global_step}, path)
+
+
+def test_a_save_killed_halfway_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
+    callback = AtomicCheckpoint(tmp_path, every_n_steps=1)
+    good = tmp_path / "step=6.ckpt"
+    torch.save({"step": 6}, good)
+    with pytest.raises(KeyboardInterrupt):
+        callback._save_checkpoint(_DyingTrainer(die=True), str(tmp_path / "step=7.ckpt"))
+    assert torch.load(good, weights_only=True) == {"step": 6}
+    assert not (tmp_path / "step=7.ckpt").exists()  # only the .partial, never a torn checkpoint
+    assert (tmp_path / f"step=7.ckpt{PARTIAL}").exists()
+    callback._save_checkpoint(_DyingTrainer(die=False), str(tmp_path / "step=7.ckpt"))
+    assert torch.load(tmp_path / "step=7.ckpt", weights_only=True) == {"step": 7}
+    assert not (tmp_path / f"step=7.ckpt{PARTIAL}").exists()
+
+
+# --- the shard-local reference update ------------------------------------------------------------
+SHARD_SCRIPT = r"""
+import datetime, json, sys
+import torch, torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from tralign.reference import update_reference_
+from tralign.strategies import ShardPlan, decoder_block, full_state_dict, shard_model
+
+COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
+               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
+               "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]
+
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+def worker(rank, world, out, init):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    mesh = init_device_mesh("cpu", (world,))
+    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0); policy = GPTNeoXForCausalLM(cfg)
+    torch.manual_seed(1); reference = GPTNeoXForCausalLM(cfg)
+    pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
+    ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
+    plan = ShardPlan(block=decoder_block(policy))
+    for model in (policy, reference):
+        shard_model(model, plan, mesh)
+    barrier = dist.barrier
+    calls = []
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+        setattr(dist, name, lambda *a, _n=name, _f=original, **k: (calls.append(_n), _f(*a, **k))[1])
+    report = {}
+    for mode, alpha in (("soft", 0.3), ("hard", 1.0)):
+        ops = Ops()
+        if rank == 1:  # rank 0 takes no part: a collective here would wait on it, then time out
+            with ops:
+                update_reference_(reference, policy, alpha)
+        barrier()
+        if rank == 0:
+            update_reference_(reference, policy, alpha)
+        report[mode] = {"ops": ops.names, "collectives": list(calls)}
+        barrier()
+        state = full_state_dict(reference)
+        if rank == 0:
+            expect = {k: ref0[k] + alpha * (pol0[k] - ref0[k]) for k in ref0}
+            report[mode]["max_error"] = max((state[k] - expect[k]).abs().max().item() for k in expect)
+        ref0 = {k: ref0[k] + alpha * (pol0[k] - ref0[k]) for k in ref0}
+        calls.clear()
+        barrier()
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(report, fh)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    mp.spawn(worker, args=(2, out, f"file://{out}/store"), nprocs=2, join=True)
+"""
+
+
+@pytest.mark.slow
+def test_shard_local_update_makes_no_collective_and_no_allocation(tmp_path: Path) -> None:
+    script = tmp_path / "shard_update.py"
+    script.write_text(SHARD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for mode in ("soft", "hard"):
+        ops = reports[1][mode]["ops"]
+        assert ops, "the dispatch recorder saw nothing: it would miss collectives too"
+        assert reports[1][mode]["collectives"] == []
+        assert not [op for op in ops if "c10d" in op], ops
+        # Only in-place updates and views of existing storage: nothing the size of the model.
+        allocating = [op for op in ops if not op.split(".")[0].endswith("_") and op not in VIEW_OPS]
+        assert allocating == [], ops
+        assert reports[0][mode]["max_error"] < 1e-6
+
+
+VIEW_OPS = {"aten::detach", "aten::alias", "aten::view", "aten::_unsafe_view", "aten::view.default"}
+
+
+# --- end to end: 1 vs 2 processes, SIGKILL and resume --------------------------------------------
+RUN = [
+    a
+    for a in SHRINK
+    if not a.startswith(
+        ("trainer.max_steps", "data.batch_size", "data.n_train", "trainer.val_check_interval")
+    )
+] + [
+    "data.n_train=40",  # 5 global batches of 8 per epoch: checkpoints fall mid-epoch and at its end
+    "trainer.val_check_interval=100",
+    "export.reference=true",
+    "data.golden_eval=null",
+]
+TWO_PROC = [
+    "trainer=fsdp2",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy.mixed_precision=null",
+]
+
+
+def _train(tmp_path: Path, name: str, *args: str) -> Path:
+    result = run_cli("tralign.train", [*RUN, *args, f"hydra.run.dir={tmp_path / name}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / name
+
+
+def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
+    """Start a run that would train for long, SIGKILL it (all its processes) once ``checkpoint``
+    is written; return the checkpoint's path."""
+    run_dir = tmp_path / name
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tralign.train", *RUN, *args, "trainer.max_steps=100000"]
+    with open(tmp_path / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(
+            [*cmd, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        target = run_dir / "checkpoints" / checkpoint
+        deadline = time.time() + 300
+        while not target.exists():
+            assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return target
+
+
+def _weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {part: load_file(run_dir / part / "model.safetensors") for part in ("policy", "reference")}
+
+
+def _assert_same(a: Path, b: Path, atol: float) -> None:
+    wa, wb = _weights(a), _weights(b)
+    for part in wa:
+        assert wa[part].keys() == wb[part].keys()
+        for key in wa[part]:
+            torch.testing.assert_close(wa[part][key], wb[part][key], atol=atol, rtol=0, msg=f"{part}.{key}")
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert (sa["global_step"], sa["ref_updates"]) == (sb["global_step"], sb["ref_updates"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["step=4.ckpt", "step=5.ckpt"])  # mid-epoch, end of epoch
+def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, checkpoint: str) -> None:
+    args = ["data.batch_size=8", "checkpoint.every_n_steps=1" if checkpoint == "step=5.ckpt" else ""]
+    args = [a for a in args if a]
+    whole = _train(tmp_path, "whole", *args, "trainer.max_steps=8")
+    saved = _kill_after(tmp_path, "killed", checkpoint, *args)
+    resumed = _train(tmp_path, "resumed", *args, "trainer.max_steps=8", f"ckpt_path='{saved}'")
+    _assert_same(whole, resumed, atol=0.0)  # bitwise: same data, same order, same reference
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["ref_updates"] == 8
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path) -> None:
+    """torchrun launches the ranks itself (as on a cluster); Lightning sees it and spawns nothing."""
+    one = _train(tmp_path, "one", "data.batch_size=8", "trainer.max_steps=6")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*launch, "-m", "tralign.train", *RUN, *TWO_PROC, "data.batch_size=4", "trainer.max_steps=6"]
+        + [f"hydra.run.dir={tmp_path / 'two'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two"
+    _assert_same(one, two, atol=1e-5)
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["global_batch_size"] == 8 and summary["ref_updates"] == 6
+    # The sharded run's checkpoints are folders of per-rank shards; its export is one whole model.
+    assert (two / "checkpoints" / "step=6.ckpt" / "__1_0.distcp").is_file()
+    _assert_loads_on_one_process(two / "policy")
+
+
+def _assert_loads_on_one_process(folder: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    assert sorted(p.suffix for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".safetensors"}) == [
+        ".safetensors"
+    ]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert not any(hasattr(p, "to_local") for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process(tmp_path: Path) -> None:
+    hard = ["ref_update=hard", "tau=3"]
+    one = _train(tmp_path, "one", *hard, "data.batch_size=8", "trainer.max_steps=8")
+    saved = _kill_after(tmp_path, "killed", "step=4.ckpt", *hard, *TWO_PROC, "data.batch_size=4")
+    assert saved.is_dir() and not list(saved.parent.glob(f"*{PARTIAL}"))
+    resumed = _train(
+        tmp_path,
+        "resumed",
+        *hard,
+        *TWO_PROC,
+        "data.batch_size=4",
+        "trainer.max_steps=8",
+        f"ckpt_path='{saved}'",
+    )
+    _assert_same(one, resumed, atol=1e-5)
+    assert json.loads((resumed / "summary.json").read_text())["ref_updates"] == 2  # after steps 3 and 6
