@@ -125,3 +125,29 @@ def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
     ratio = report["summary"]["tralign"]["tokens_per_s"] / report["summary"]["trl"]["tokens_per_s"]
     assert lines[-1].endswith(f"{ratio:.2f}")
     assert report["settings"]["alpha"] == 0.6 and report["settings"]["tau"] == 1
+
+
+def test_proposed_module_variant_matches_the_module_and_uses_foreach_adamw() -> None:
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tralign.bench.worker import _tralign_module
+    from tralign.module import AlignmentModule
+
+    torch.manual_seed(0)
+    policy = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, **model_config("tiny")))
+    spec = {"beta": 0.1, "alpha": 0.6, "tau": 1, "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8}
+    spec.update(weight_decay=0.0, warmup=1, steps=1, tralign={"head": "masked", "foreach_adamw": True})
+    proposed = _tralign_module(spec, policy)
+    plain = _tralign_module({**spec, "tralign": {"head": "model", "foreach_adamw": False}}, policy)
+    assert type(plain) is AlignmentModule and type(proposed) is not AlignmentModule
+    assert all(g["foreach"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
+    ids = torch.randint(0, 40, (4, 10))
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "loss_mask": torch.zeros_like(ids).bool(),
+    }
+    batch["loss_mask"][:, 6:] = True
+    for got, want in zip(proposed._logps(policy, batch), plain._logps(policy, batch), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -96,30 +96,39 @@ def _result(spec, framework, ends, tokens, positions, ref_times, losses) -> dict
 
 
 # --- tralign -----------------------------------------------------------------------------------
-def _module_class(head: str):
+def _module_class(head: str, foreach: bool):
+    """AlignmentModule as it is (``head=model``, ``foreach_adamw=false``), or with the two changes
+    proposed for tralign/module.py: log-probs from ``model_sequence_logps`` (the LM head on
+    completion positions only) and AdamW's ``foreach`` implementation also on CPU."""
     from tralign.logprobs import model_sequence_logps
     from tralign.module import AlignmentModule
 
-    if head == "model":
+    if head == "model" and not foreach:
         return AlignmentModule
 
-    class MaskedHeadModule(AlignmentModule):
-        """AlignmentModule whose log-probs come from ``model_sequence_logps`` (LM head on completion
-        positions only): the change proposed for ``AlignmentModule._logps``."""
+    class ProposedModule(AlignmentModule):
+        if head == "masked":
 
-        @staticmethod
-        def _logps(model, batch):
-            return model_sequence_logps(
-                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-            )
+            @staticmethod
+            def _logps(model, batch):
+                return model_sequence_logps(
+                    model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+                )
 
-    return MaskedHeadModule
+        def configure_optimizers(self):
+            config = super().configure_optimizers()
+            if foreach:  # torch picks foreach for CUDA tensors only; on CPU it loops over parameters
+                for group in config["optimizer"].param_groups:
+                    group["foreach"] = True
+            return config
+
+    return ProposedModule
 
 
 def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
     from tralign.reference import ReferenceSchedule
 
-    return _module_class(spec["tralign"]["head"])(
+    return _module_class(spec["tralign"]["head"], bool(spec["tralign"].get("foreach_adamw", False)))(
         policy,
         loss="dpo",
         loss_params={"beta": float(spec["beta"]), "label_smoothing": 0.0},
