@@ -385,3 +385,47 @@ def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process
     )
     _assert_same(one, resumed, atol=1e-5)
     assert json.loads((resumed / "summary.json").read_text())["ref_updates"] == 2  # after steps 3 and 6
+
+
+# --- beyond one machine --------------------------------------------------------------------------
+@pytest.mark.parametrize(("launcher", "tasks"), [("submitit_slurm", 1), ("tralign_slurm", 8)])
+def test_slurm_launcher_configs_compose(launcher: str, tasks: int) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from tralign.runstamp import register
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == tasks
+
+
+@pytest.mark.slow
+def test_sweep_through_submitit_runs_each_point_as_its_own_job(tmp_path: Path) -> None:
+    """submitit's local executor: the same launcher code path as SLURM, minus the cluster."""
+    args = [a for a in SHRINK if not a.startswith("trainer.max_steps")]
+    result = run_cli(
+        "tralign.train",
+        ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+        + ["trainer.max_steps=2", "data.golden_eval=null", "seed=0,1"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+        assert (summary["status"], summary["seed"], summary["global_step"]) == ("completed", int(job), 2)
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
+
+
+def test_run_stamp_is_shared_by_the_ranks_of_one_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tralign.runstamp import run_stamp
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc123")
+    assert run_stamp().endswith("/torchrun-abc123")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --standalone/--rdzv-id
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    assert run_stamp().endswith("/slurm-777")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert "slurm" not in run_stamp() and "torchrun" not in run_stamp()

@@ -5,6 +5,7 @@ Each problem names the config key (as the user would type it on the command line
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.errors import ConfigError
 from tralign.losses import LOSSES, check_loss_params
 from tralign.reference import ReferenceSchedule, schedule_problems
+from tralign.safety import check_no_secrets
+from tralign.strategies import strategy_problems
 
 METHOD_META_KEYS = {"name", "loss", "trust_region"}
 SCHEDULES = ("constant", "linear", "cosine")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
+GUARD_MODES = ("skip", "stop", "off")
 
 
 def _get(cfg: DictConfig, key: str, problems: list[str]) -> Any:
@@ -151,7 +155,135 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"logger.mode: must be one of {', '.join(LOGGER_MODES)}, got {cfg.logger.get('mode')!r}"
         )
-    if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
-        problems.append(f"ckpt_path={cfg.ckpt_path}: no such file")
+    if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).exists():
+        # A file, or a folder (sharded checkpoints are folders, see tralign/checkpoint.py).
+        problems.append(f"ckpt_path={cfg.ckpt_path}: no such file or folder")
+    problems += strategy_problems(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))
+    problems += _guard_output_problems(cfg)
+    problems += _fuzzed_problems(cfg)
+    check_no_secrets(cfg, problems)  # its own error: the value must also be redacted from Hydra's files
     if problems:
         raise ConfigError(problems)
+
+
+def _guard_output_problems(cfg: DictConfig) -> list[str]:
+    problems: list[str] = []
+    on_nonfinite = OmegaConf.select(cfg, "guard.on_nonfinite", default="skip")
+    if on_nonfinite not in GUARD_MODES:
+        problems.append(f"guard.on_nonfinite: must be one of {', '.join(GUARD_MODES)}, got {on_nonfinite!r}")
+    if "guard" in cfg:
+        _positive_int(cfg, "guard.max_consecutive_nonfinite", problems)
+    for key in ("guard.preemption_checkpoint", "output.overwrite"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            problems.append(f"{key}: must be true or false, got {value!r}")
+    free = OmegaConf.select(cfg, "output.min_free_gb", default=0)
+    if isinstance(free, bool) or not isinstance(free, (int, float)) or not 0 <= free < float("inf"):
+        problems.append(f"output.min_free_gb: must be a number >= 0, got {free!r}")
+    return problems
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _fuzzed_problems(cfg: DictConfig) -> list[str]:
+    """Values that passed the checks above but failed deep inside training (found by
+    tests/test_fuzz_config.py, see docs/hardening.md)."""
+    problems: list[str] = []
+
+    def need(key: str, ok: Any, rule: str, optional: bool = False) -> None:
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            return
+        value = _get(cfg, key, problems)
+        if optional and value is None:
+            return
+        try:
+            good = bool(ok(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            problems.append(f"{key}: must be {rule}, got {value!r}")
+
+    beta = cfg.get("beta")
+    if isinstance(beta, float) and not math.isfinite(beta):
+        problems.append(f"beta: must be a finite number > 0, got {beta!r}")
+    need("optim.lr", lambda v: not _number(v) or v <= 10, "a number in (0, 10] (AdamW)")
+    need("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0")
+    need("optim.eps", lambda v: _number(v) and v > 0, "a number > 0")
+    need(
+        "optim.betas",
+        lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1), e.g. [0.9, 0.95]",
+    )
+    need("data.num_workers", lambda v: _int(v) and v >= 0, "an integer >= 0")
+    for key in ("data.group_by_length", "data.cache", "data.unpair", "export.policy", "export.reference"):
+        need(key, lambda v: isinstance(v, bool), "true or false")
+    for key in (
+        "data.golden_eval.n_prompts",
+        "data.golden_eval.max_new_tokens",
+        "data.golden_eval.batch_size",
+    ):
+        need(key, lambda v: _int(v) and v >= 1, "an integer >= 1")
+    for key in ("data.golden_eval.temperature", "data.golden_eval.top_p"):
+        need(key, lambda v: _number(v) and v > 0, "a number > 0")
+    if cfg.data.get("name") == "synthetic":
+        for key in ("data.n_train", "data.n_val"):
+            need(key, lambda v: _int(v) and v >= 1, "an integer >= 1")
+        problems += _synthetic_task_problems(cfg)
+    need(
+        "trainer.gradient_clip_val",
+        lambda v: _number(v) and v >= 0,
+        "a number >= 0 or null",
+        optional=True,
+    )
+    need(
+        "trainer.val_check_interval",
+        lambda v: (_int(v) and v >= 1) or (_number(v) and 0 < v <= 1),
+        "an integer >= 1 (batches) or a fraction in (0, 1] of an epoch",
+        optional=True,
+    )
+    if not cfg.model.get("name_or_path") and not cfg.model.get("init_from"):
+        problems += _tiny_model_problems(cfg)
+    return problems
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _synthetic_task_problems(cfg: DictConfig) -> list[str]:
+    from tralign.data.synthetic import SyntheticTask
+
+    task = cfg.data.get("task")
+    if not OmegaConf.is_dict(task):
+        return [f"data.task: must be the synthetic task's settings, got {task!r}"]
+    ints = ("seed", "n_words", "n_keys", "min_len", "max_len")
+    bad = [f"data.task.{k}: must be an integer, got {task.get(k)!r}" for k in ints if not _int(task.get(k))]
+    if not _number(task.get("label_temperature")):
+        bad.append(
+            f"data.task.label_temperature: must be a finite number, got {task.get('label_temperature')!r}"
+        )
+    if bad:
+        return bad
+    try:
+        SyntheticTask(**OmegaConf.to_container(task))
+    except (TypeError, ValueError) as err:
+        return [f"data.task: {err}"]
+    return []
+
+
+def _tiny_model_problems(cfg: DictConfig) -> list[str]:
+    """A model built from ``model.config`` (GPTNeoXConfig keyword arguments)."""
+    conf = cfg.model.get("config") or {}
+    problems = [
+        f"model.config.{key}: must be an integer >= 1, got {conf.get(key)!r}"
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        if key in conf and not (_int(conf.get(key)) and conf.get(key) >= 1)
+    ]
+    hidden, heads = conf.get("hidden_size"), conf.get("num_attention_heads")
+    if not problems and _int(hidden) and _int(heads) and hidden % heads:
+        problems.append(
+            f"model.config.hidden_size ({hidden}) must be a multiple of model.config.num_attention_heads ({heads})"
+        )
+    return problems

@@ -62,19 +62,24 @@ def _floats(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from tralign.checkpoint import AtomicCheckpoint
 
     callbacks: list[Any] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="{step}",  # -> step=N.ckpt
-            every_n_train_steps=int(cfg.checkpoint.every_n_steps),
-            save_top_k=-1,
+        AtomicCheckpoint(
+            run_dir / "checkpoints",
+            every_n_steps=int(cfg.checkpoint.every_n_steps),
             save_last=bool(cfg.checkpoint.save_last),
         )
     ]
     if with_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    from tralign.guards import guard_callbacks
+
+    # Before ModelCheckpoint (Lightning moves checkpoint callbacks last): a bad step is skipped and
+    # a non-finite policy refused before anything is saved or mixed into the reference.
+    callbacks += guard_callbacks(cfg.get("guard"))
     return callbacks
 
 
@@ -82,6 +87,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
+    from tralign.safety import check_output_dir
+
+    # Unwritable, full, or another run's folder: refuse before anything is built.
+    check_output_dir(run_dir, cfg.get("output"), cfg.get("ckpt_path"))
     import lightning as L
 
     if logging.getLogger().handlers:
@@ -94,6 +103,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tralign.loggers import build_logger
     from tralign.models import build_policy, build_tokenizer
     from tralign.module import AlignmentModule
+    from tralign.strategies import build_strategy, is_sharded
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -105,6 +115,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.data, tokenizer, mode=mode_for_loss(spec), seed=int(cfg.seed)
     )  # reads and tokenises now: bad data fails before the model is built
     policy = build_policy(cfg.model, tokenizer)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy, shard_plan = build_strategy(
+        trainer_kwargs.pop("strategy"),
+        policy,
+        devices=trainer_kwargs.get("devices"),
+        num_nodes=int(trainer_kwargs.get("num_nodes", 1)),
+    )
     schedule = schedule_from(cfg)
     module = AlignmentModule(
         policy,
@@ -114,17 +131,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         max_steps=int(cfg.trainer.max_steps),
         keep_initial=bool(cfg.model.keep_initial),
+        shard_plan=shard_plan,
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = build_logger(cfg.logger, run_dir, run_name=_run_name(cfg), group=_sweep_group(), config=resolved)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_kwargs,
+        strategy=strategy,
         logger=logger if logger is not None else False,
         callbacks=_callbacks(cfg, run_dir, logger is not None),
         default_root_dir=str(run_dir),
     )
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a checkpoint is data, never code (no arbitrary pickles are unpickled).
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     train_metrics = _floats(dict(trainer.callback_metrics), "train/")
     val_metrics = _floats(trainer.validate(module, datamodule=data, verbose=False)[0], "val/")
 
@@ -149,18 +169,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "val": val_metrics,
         **{k: v for k, v in data.stats.items()},
     }
+    # Sharded weights are gathered (a collective: every rank takes part) into whole models on rank 0.
+    policy_whole = _whole_model(module.policy, trainer, "policy", cfg.model, tokenizer)
+    reference_whole = None
+    if cfg.export.reference and module.reference is not None:
+        reference_whole = _whole_model(module.reference, trainer, "reference", cfg.model, tokenizer)
     if trainer.is_global_zero:
         if cfg.export.policy:
-            _export(module.policy, tokenizer, run_dir / "policy")
+            _export(policy_whole, tokenizer, run_dir / "policy")
             summary["policy_dir"] = str(run_dir / "policy")
-        if cfg.export.reference and module.reference is not None:
-            _export(module.reference, tokenizer, run_dir / "reference")
+        if reference_whole is not None:
+            _export(reference_whole, tokenizer, run_dir / "reference")
         task = data.split.golden_task
         if task is not None and cfg.data.get("golden_eval"):
-            initial = module.initial_model or build_policy(cfg.model, tokenizer)
+            initial = module.initial_model
+            if initial is None or is_sharded(initial):
+                initial = build_policy(cfg.model, tokenizer)  # the same start: init_seed or init_from
             summary.update(
                 golden_eval(
-                    module.policy,
+                    policy_whole,
                     initial,
                     tokenizer,
                     task,
@@ -175,6 +202,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("summary: %s", run_dir / "summary.json")
     return summary
+
+
+def _whole_model(model: Any, trainer: Any, name: str, model_cfg: DictConfig, tokenizer: Any) -> Any:
+    """``model`` itself when it is whole; for a sharded one, a fresh unsharded copy with the gathered
+    weights on rank 0 (None on the other ranks)."""
+    from tralign.models import build_policy
+    from tralign.strategies import full_state_dict, is_sharded
+
+    if not is_sharded(model):
+        return model
+    state = full_state_dict(model, root=trainer.strategy.model, prefix=f"{name}.")
+    if not trainer.is_global_zero:
+        return None
+    whole = build_policy(model_cfg, tokenizer)
+    whole.load_state_dict(state)
+    return whole
 
 
 def _export(model: Any, tokenizer: Any, path: Path) -> None:
@@ -209,10 +252,31 @@ def main(cfg: DictConfig) -> float | None:
         # A user error: one line naming the place, no traceback.
         _write_failure(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            if getattr(err, "secrets", None):
+                from tralign.safety import redact_hydra_outputs
+
+                redact_hydra_outputs(err.secrets)
             print(f"tralign: error: {err}", file=sys.stderr)
             raise  # Hydra records this job as failed and goes on with the rest of the sweep
         exit_on_user_error(err)
+    except SystemExit as err:
+        from tralign.guards import EXIT_PREEMPTED, is_preemption
+
+        if not is_preemption(err):
+            raise
+        # SIGTERM: PreemptionCheckpoint saved a checkpoint and wrote summary.json (status preempted).
+        where = getattr(err, "checkpoint", None)
+        resume = f"resume with ckpt_path={where}" if where else "no checkpoint written"
+        print(f"tralign: pre-empted (SIGTERM): {resume}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
     except Exception as err:
+        if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):
+            # Checkpoints load with weights_only=True: anything but tensors and plain data is refused.
+            err = TralignError(
+                f"ckpt_path={cfg.ckpt_path}: refused to load: {str(err).strip().splitlines()[0]}"
+            )
+            _write_failure(err)
+            exit_on_user_error(err)
         _write_failure(err)
         raise
     finally:
