@@ -127,7 +127,7 @@ def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
     assert report["settings"]["alpha"] == 0.6 and report["settings"]["tau"] == 1
 
 
-def test_proposed_module_variant_matches_the_module_and_uses_foreach_adamw() -> None:
+def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -138,10 +138,11 @@ def test_proposed_module_variant_matches_the_module_and_uses_foreach_adamw() -> 
     policy = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, **model_config("tiny")))
     spec = {"beta": 0.1, "alpha": 0.6, "tau": 1, "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8}
     spec.update(weight_decay=0.0, warmup=1, steps=1, tralign={"head": "masked", "foreach_adamw": True})
-    proposed = _tralign_module(spec, policy)
+    proposed = _tralign_module(spec, policy)  # the module as shipped
     plain = _tralign_module({**spec, "tralign": {"head": "model", "foreach_adamw": False}}, policy)
-    assert type(plain) is AlignmentModule and type(proposed) is not AlignmentModule
+    assert type(proposed) is AlignmentModule and type(plain) is not AlignmentModule
     assert all(g["foreach"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
+    assert not any(g["foreach"] for g in plain.configure_optimizers()["optimizer"].param_groups)
     ids = torch.randint(0, 40, (4, 10))
     batch = {
         "input_ids": ids,

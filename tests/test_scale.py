@@ -429,3 +429,35 @@ def test_run_stamp_is_shared_by_the_ranks_of_one_launch(monkeypatch: pytest.Monk
     assert run_stamp().endswith("/slurm-777")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert "slurm" not in run_stamp() and "torchrun" not in run_stamp()
+
+
+def test_scale_bench_plumbing_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The GPU benchmark's code path on a tiny architecture (numbers are not checked: CPU)."""
+    from tralign import scale_bench
+
+    out = tmp_path / "scale.json"
+    argv = [
+        "--device",
+        "cpu",
+        "--archs",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--seq",
+        "32",
+        "--batch",
+        "1",
+    ]
+    results = scale_bench.main([*argv, "--ref-updates", "2", "--out", str(out)])
+    (row,) = results
+    assert row["arch"] == "tiny" and row["tokens_per_s"] > 0 and row["ref_update_ms"] > 0
+    assert json.loads(out.read_text())["results"] == results
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("| arch |") and printed[-1].startswith("| tiny |")
+    # FLOPs: 8·N·tokens (policy fwd+bwd 6, reference fwd 2) plus the attention terms.
+    policy, _ = scale_bench.build("tiny", torch.device("cpu"), torch.float32, 32)
+    n = sum(p.numel() for name, p in policy.named_parameters() if "embed_in" not in name)
+    attention = 2 * 32 * 64 * 32 * 2  # L · h · T · tokens (tokens = 2 pairs' worth at batch 1)
+    assert scale_bench.step_flops(policy, 1, 32) == 8 * n * 64 + 16 * attention

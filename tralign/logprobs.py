@@ -168,6 +168,14 @@ def _is_sharded(t: Tensor) -> bool:
     return callable(getattr(t, "to_local", None))  # a DTensor (FSDP2/TP): keep the model's own path
 
 
+def _is_fsdp1(model: torch.nn.Module) -> bool:
+    # FSDP1 gathers a unit's flat parameters in the wrapper's forward: calling the wrapped backbone
+    # and head directly would skip that, so such a model keeps its own forward.
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
 def model_sequence_logps(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -184,7 +192,7 @@ def model_sequence_logps(
     For a small model the head is most of the FLOPs, so this is most of a step's time too.
 
     Falls back to the model's full forward (``sequence_logps`` on its logits) when the model has no
-    separate backbone/head or the head is sharded (a DTensor).
+    separate backbone/head or is sharded (a DTensor head, or an FSDP1 wrapper).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     backbone = getattr(model, "base_model", None)
@@ -193,6 +201,7 @@ def model_sequence_logps(
         or backbone is None
         or backbone is model
         or _is_sharded(head.weight)
+        or _is_fsdp1(model)
         or getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     ):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits

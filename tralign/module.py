@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tralign.data.collate import pad_fraction
-from tralign.logprobs import sequence_logps
+from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_model
@@ -105,10 +105,8 @@ class AlignmentModule(L.LightningModule):
     # --- forward pieces ------------------------------------------------------------------------
     @staticmethod
     def _logps(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits  # (N, T, V)
-        return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+        # The LM head sees only completion positions (see logprobs.model_sequence_logps).
+        return model_sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
 
     def _frozen_logps(self, model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
         with torch.no_grad():
@@ -280,6 +278,7 @@ class AlignmentModule(L.LightningModule):
             betas=tuple(self.optim.get("betas", (0.9, 0.999))),
             eps=float(self.optim.get("eps", 1e-8)),
             weight_decay=float(self.optim.get("weight_decay", 0.0)),
+            foreach=True,  # torch picks the per-tensor loop on CPU by default: ~2x slower there
         )
         factor = lr_lambda(
             int(self.optim.get("warmup_steps", 0)), self.max_steps, self.optim.get("schedule", "constant")

@@ -97,32 +97,31 @@ def _result(spec, framework, ends, tokens, positions, ref_times, losses) -> dict
 
 # --- tralign -----------------------------------------------------------------------------------
 def _module_class(head: str, foreach: bool):
-    """AlignmentModule as it is (``head=model``, ``foreach_adamw=false``), or with the two changes
-    proposed for tralign/module.py: log-probs from ``model_sequence_logps`` (the LM head on
-    completion positions only) and AdamW's ``foreach`` implementation also on CPU."""
-    from tralign.logprobs import model_sequence_logps
+    """AlignmentModule as it is (``head=masked``: log-probs from ``model_sequence_logps``, the LM head
+    on completion positions only; ``foreach_adamw=true``), or with either undone, to measure each:
+    ``head=model`` computes full (N, T, V) logits, ``foreach_adamw=false`` is torch's CPU default."""
+    from tralign.logprobs import sequence_logps
     from tralign.module import AlignmentModule
 
-    if head == "model" and not foreach:
+    if head == "masked" and foreach:
         return AlignmentModule
 
-    class ProposedModule(AlignmentModule):
-        if head == "masked":
+    class VariantModule(AlignmentModule):
+        if head == "model":
 
             @staticmethod
             def _logps(model, batch):
-                return model_sequence_logps(
-                    model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-                )
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
 
         def configure_optimizers(self):
             config = super().configure_optimizers()
-            if foreach:  # torch picks foreach for CUDA tensors only; on CPU it loops over parameters
+            if not foreach:
                 for group in config["optimizer"].param_groups:
-                    group["foreach"] = True
+                    group["foreach"] = None  # torch's default: the per-parameter loop on CPU
             return config
 
-    return ProposedModule
+    return VariantModule
 
 
 def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
