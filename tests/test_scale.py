@@ -461,3 +461,18 @@ def test_scale_bench_plumbing_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixtu
     n = sum(p.numel() for name, p in policy.named_parameters() if "embed_in" not in name)
     attention = 2 * 32 * 64 * 32 * 2  # L · h · T · tokens (tokens = 2 pairs' worth at batch 1)
     assert scale_bench.step_flops(policy, 1, 32) == 8 * n * 64 + 16 * attention
+
+
+def test_ckpt_path_may_name_a_run_folder(tmp_path: Path) -> None:
+    from tralign.checkpoint import resolve_ckpt_path
+    from tralign.errors import TralignError
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "step=3.ckpt").write_bytes(b"")
+    (ckpts / "last.ckpt").symlink_to("step=3.ckpt")
+    assert resolve_ckpt_path(tmp_path / "run") == str(ckpts / "step=3.ckpt")
+    assert resolve_ckpt_path(str(ckpts / "step=3.ckpt")) == str(ckpts / "step=3.ckpt")
+    assert resolve_ckpt_path(None) is None
+    with pytest.raises(TralignError, match="neither a checkpoint nor a run folder"):
+        resolve_ckpt_path(tmp_path)

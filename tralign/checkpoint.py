@@ -17,7 +17,26 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tralign.errors import TralignError
+
 PARTIAL = ".partial"
+
+
+def resolve_ckpt_path(value: str | os.PathLike[str] | None) -> str | None:
+    """``ckpt_path`` as given: a checkpoint (file, or a sharded checkpoint's folder), or a run folder,
+    which means its newest checkpoint (``<run dir>/checkpoints/last.ckpt``). The run-folder form needs
+    no quoting on the command line, where ``step=N.ckpt`` does (``ckpt_path="'.../step=N.ckpt'"``)."""
+    if not value:
+        return None
+    path = Path(value)
+    last = path / "checkpoints" / "last.ckpt"
+    if path.is_dir() and last.exists():
+        return str(last.resolve())  # the step=N checkpoint it links to
+    if path.is_dir() and not (path / "meta.pt").exists() and not (path / ".metadata").exists():
+        raise TralignError(
+            f"ckpt_path={value}: neither a checkpoint nor a run folder with checkpoints/last.ckpt"
+        )
+    return str(path)
 
 
 def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

@@ -71,7 +71,8 @@ def build_policy(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBas
     else:
         model = _from_scratch(model_cfg, tokenizer)
     if model_cfg.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the form FSDP (1 and 2) and frozen inputs work with.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training never reuses the KV cache
     return model
 

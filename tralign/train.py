@@ -87,10 +87,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
+    from tralign.checkpoint import resolve_ckpt_path
     from tralign.safety import check_output_dir
 
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # a run folder means its last checkpoint
     # Unwritable, full, or another run's folder: refuse before anything is built.
-    check_output_dir(run_dir, cfg.get("output"), cfg.get("ckpt_path"))
+    check_output_dir(run_dir, cfg.get("output"), ckpt_path)
     import lightning as L
 
     if logging.getLogger().handlers:
@@ -144,7 +146,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
     # weights_only: a checkpoint is data, never code (no arbitrary pickles are unpickled).
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     train_metrics = _floats(dict(trainer.callback_metrics), "train/")
     val_metrics = _floats(trainer.validate(module, datamodule=data, verbose=False)[0], "val/")
 
