@@ -592,3 +592,17 @@ def test_two_process_ddp_gets_disjoint_equal_shares(tmp_path: Path) -> None:
     # 100 rows, 8 per batch and 2 ranks: 6 batches each, 4 rows wait for the next epoch.
     assert len(shares[0]["rows"]) == len(shares[1]["rows"]) == 48
     assert shares[0]["steps"] == shares[1]["steps"] == 6
+
+
+def test_resumable_loader_refuses_another_global_batch_but_not_another_rank_count(synth_tok) -> None:
+    from types import SimpleNamespace
+
+    from tralign.errors import DataError
+
+    dm = PreferenceDataModule(synthetic_data_cfg(batch_size=4), synth_tok, seed=0)
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": 0})
+    loader = dm.train_dataloader()  # 2 ranks x 4 rows: global batches of 8
+    loader.load_state_dict({"epoch": 0, "batches_done": 3, "global_batch_rows": 8})  # e.g. 1 rank x 8
+    assert len(list(loader.batch_sampler)) == len(loader.batch_sampler) - 3
+    with pytest.raises(DataError, match="global batches of 16 rows, this run makes 8"):
+        loader.load_state_dict({"epoch": 0, "batches_done": 3, "global_batch_rows": 16})

@@ -200,3 +200,36 @@ def test_model_sequence_logps_ignores_padding_and_prompt_tokens() -> None:
     torch.testing.assert_close(again, logps)
     changed[0, 2] = (input_ids[0, 2] + 1) % 37  # a prompt token conditions the completion
     assert not torch.allclose(model_sequence_logps(model, changed, attention_mask, loss_mask)[0][0], logps[0])
+
+
+def test_head_logps_under_autocast_runs_forward_and_backward_in_the_autocast_dtype() -> None:
+    """bf16 autocast: values and gradients close to autograd through the same bf16 head; and the
+    backward's GEMMs are bf16 (not silently fp32, which would cost the speed the head saves)."""
+    from tralign.logprobs import head_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False)
+    hidden = torch.randn(12, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head_logps(hidden, head, targets, chunk_size=5)
+        want = torch.log_softmax(head(hidden).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    (g_got,) = torch.autograd.grad(got.sum(), hidden)
+    (g_want,) = torch.autograd.grad(want.sum(), hidden)
+    torch.testing.assert_close(g_got, g_want, atol=3e-2, rtol=3e-2)
+    dtypes = []
+    original = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        dtypes.append(a.dtype)
+        return original(a, b)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head_logps(hidden, head, targets, chunk_size=5)
+    torch.Tensor.__matmul__ = spy
+    try:
+        out.sum().backward()
+    finally:
+        torch.Tensor.__matmul__ = original
+    assert dtypes and set(dtypes) == {torch.bfloat16}

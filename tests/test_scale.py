@@ -128,6 +128,7 @@ class _DyingTrainer:
 
     is_global_zero = True
     global_step = 7
+    ckpt_path = None
     loggers: list = []
 
     class strategy:  # noqa: N801
@@ -161,14 +162,14 @@ def test_a_save_killed_halfway_leaves_the_previous_checkpoint_intact(tmp_path: P
 
 # --- the shard-local reference update ------------------------------------------------------------
 SHARD_SCRIPT = r"""
-import datetime, json, sys
+import datetime, json, sys, types
 import torch, torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from tralign.reference import update_reference_
-from tralign.strategies import ShardPlan, decoder_block, full_state_dict, shard_model
+from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_model
 
 COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
                "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
@@ -211,7 +212,7 @@ def worker(rank, world, out, init):
             update_reference_(reference, policy, alpha)
         report[mode] = {"ops": ops.names, "collectives": list(calls)}
         barrier()
-        state = full_state_dict(reference)
+        state = full_state_dicts(types.SimpleNamespace(reference=reference), None, ["reference"])["reference"]
         if rank == 0:
             expect = {k: ref0[k] + alpha * (pol0[k] - ref0[k]) for k in ref0}
             report[mode]["max_error"] = max((state[k] - expect[k]).abs().max().item() for k in expect)
@@ -472,7 +473,26 @@ def test_ckpt_path_may_name_a_run_folder(tmp_path: Path) -> None:
     (ckpts / "step=3.ckpt").write_bytes(b"")
     (ckpts / "last.ckpt").symlink_to("step=3.ckpt")
     assert resolve_ckpt_path(tmp_path / "run") == str(ckpts / "step=3.ckpt")
+    (ckpts / "preempt-step4.ckpt").write_bytes(b"")  # a SIGTERM save after the last periodic one
+    (ckpts / "step=6.ckpt.partial").write_bytes(b"")  # a killed write never counts
+    assert resolve_ckpt_path(tmp_path / "run") == str(ckpts / "preempt-step4.ckpt")
     assert resolve_ckpt_path(str(ckpts / "step=3.ckpt")) == str(ckpts / "step=3.ckpt")
     assert resolve_ckpt_path(None) is None
     with pytest.raises(TralignError, match="neither a checkpoint nor a run folder"):
         resolve_ckpt_path(tmp_path)
+
+
+def test_checkpoint_keep_deletes_all_but_the_newest_periodic_ones(tmp_path: Path) -> None:
+    callback = AtomicCheckpoint(tmp_path, every_n_steps=1, keep=2)
+    trainer = _DyingTrainer(die=False)
+    trainer.ckpt_path = str(tmp_path / "step=1.ckpt")  # the run resumed from this one: kept
+    (tmp_path / "preempt-step1.ckpt").write_bytes(b"")  # not periodic: never pruned
+    for step in (1, 2, 3, 4):
+        trainer.global_step = step
+        callback._save_checkpoint(trainer, str(tmp_path / f"step={step}.ckpt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "preempt-step1.ckpt",
+        "step=1.ckpt",
+        "step=3.ckpt",
+        "step=4.ckpt",
+    ]

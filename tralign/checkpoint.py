@@ -11,6 +11,7 @@ state is written once, not twice (a 6.9B policy with its reference and AdamW sta
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,14 +25,14 @@ PARTIAL = ".partial"
 
 def resolve_ckpt_path(value: str | os.PathLike[str] | None) -> str | None:
     """``ckpt_path`` as given: a checkpoint (file, or a sharded checkpoint's folder), or a run folder,
-    which means its newest checkpoint (``<run dir>/checkpoints/last.ckpt``). The run-folder form needs
+    which means its newest checkpoint (highest step, pre-emption checkpoints included). The run-folder form needs
     no quoting on the command line, where ``step=N.ckpt`` does (``ckpt_path="'.../step=N.ckpt'"``)."""
     if not value:
         return None
     path = Path(value)
-    last = path / "checkpoints" / "last.ckpt"
-    if path.is_dir() and last.exists():
-        return str(last.resolve())  # the step=N checkpoint it links to
+    newest = newest_checkpoint(path / "checkpoints") if path.is_dir() else None
+    if newest is not None:
+        return str(newest)
     if path.is_dir() and not (path / "meta.pt").exists() and not (path / ".metadata").exists():
         raise TralignError(
             f"ckpt_path={value}: neither a checkpoint nor a run folder with checkpoints/last.ckpt"
@@ -58,6 +59,23 @@ def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> No
         os.replace(src, dst)
 
 
+_STEP = re.compile(r"step=?(\d+)")
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint of the highest optimizer step in ``folder``: periodic (``step=N.ckpt``),
+    pre-emption (``preempt-stepN.ckpt``) or non-finite stop (``nonfinite-stepN.ckpt``); unfinished
+    ``.partial`` writes and the ``last.ckpt`` link are skipped. None when there is none."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for entry in folder.iterdir():
+        match = _STEP.search(entry.name)
+        if match and entry.name.endswith(".ckpt") and not entry.is_symlink():
+            found.append((int(match.group(1)), entry.stat().st_mtime, entry))
+    return max(found)[2] if found else None
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -68,7 +86,13 @@ def _remove(path: Path) -> None:
 class AtomicCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint with write-then-rename saves and a save at the end of training."""
 
-    def __init__(self, dirpath: str | os.PathLike[str], every_n_steps: int, save_last: bool = True):
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        every_n_steps: int,
+        save_last: bool = True,
+        keep: int | None = None,
+    ):
         super().__init__(
             dirpath=dirpath,
             filename="{step}",  # -> step=N.ckpt
@@ -76,6 +100,7 @@ class AtomicCheckpoint(ModelCheckpoint):
             save_top_k=-1,
             save_last="link" if save_last else False,
         )
+        self.keep = keep  # None: every periodic checkpoint; k: the k newest, older ones deleted
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         partial = Path(filepath + PARTIAL)
@@ -86,8 +111,23 @@ class AtomicCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("tralign-checkpoint-written")  # every rank's shard is on disk
         if trainer.is_global_zero:
             replace_path(partial, filepath)
+            self._prune(Path(filepath).parent, trainer.ckpt_path)
         trainer.strategy.barrier("tralign-checkpoint-renamed")
         self._save_checkpoint_bookkeeping(trainer, filepath)
+
+    def _prune(self, folder: Path, resumed_from: str | None) -> None:
+        """Delete periodic checkpoints beyond the ``keep`` newest (never the one this run resumed from)."""
+        if self.keep is None:
+            return
+        periodic = sorted(
+            (int(m.group(1)), entry)
+            for entry in folder.iterdir()
+            if (m := re.fullmatch(r"step=(\d+)\.ckpt", entry.name)) and not entry.is_symlink()
+        )
+        keep_from = resumed_from and Path(resumed_from).resolve()
+        for _, entry in periodic[: -self.keep]:
+            if entry.resolve() != keep_from:
+                _remove(entry)
 
     def _save_checkpoint_bookkeeping(self, trainer: L.Trainer, filepath: str) -> None:
         # What ModelCheckpoint._save_checkpoint does after writing (Lightning 2.6).

@@ -150,6 +150,8 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "trainer.max_steps", problems)
     _positive_int(cfg, "trainer.accumulate_grad_batches", problems)
     _positive_int(cfg, "checkpoint.every_n_steps", problems)
+    if cfg.checkpoint.get("keep") is not None:
+        _positive_int(cfg, "checkpoint.keep", problems)
     _positive_int(cfg, "seed", problems, minimum=0)
     if cfg.logger.get("name") == "wandb" and cfg.logger.get("mode") not in LOGGER_MODES:
         problems.append(

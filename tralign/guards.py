@@ -244,8 +244,12 @@ class PreemptionCheckpoint(L.Callback):
             return
         # The signal arrived after this step's callbacks ran (during validation or a checkpoint
         # write): the state is the end of a complete step unless accumulation was under way.
-        if trainer.world_size > 1:
-            log.warning("pre-empted: no checkpoint written (resume from the last periodic checkpoint)")
+        mid_accumulation = trainer.fit_loop.epoch_loop._should_accumulate()
+        if trainer.world_size > 1 or mid_accumulation:
+            why = "mid gradient accumulation" if mid_accumulation else "signal outside a step boundary"
+            log.warning(
+                "pre-empted (%s): no checkpoint written (resume from the last periodic checkpoint)", why
+            )
             _write_summary(trainer, "preempted", checkpoint=None)
             return
         self._preempt(trainer)

@@ -114,25 +114,29 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int
     ) -> Tensor:
         # hidden: (M, H), weight: (V, H), targets: (M,)
-        w = weight.to(hidden.dtype)
-        b = None if bias is None else bias.to(hidden.dtype)
+        # Under autocast the head's matmuls run in the autocast dtype, forward *and* backward (the
+        # backward of a custom Function runs with autocast off): one compute dtype, saved on ctx.
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        h, w, b = _cast(hidden, weight, bias, dtype)
         out = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
-        for start in range(0, hidden.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            logits = torch.nn.functional.linear(hidden[rows], w, b).float()  # (m, V)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            out[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        with torch.autocast(device, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                logits = torch.nn.functional.linear(h[rows], w, b).float()  # (m, V)
+                lse[rows] = torch.logsumexp(logits, dim=-1)
+                out[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_size = chunk_size
+        ctx.compute_dtype = dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        w = weight.to(hidden.dtype)
-        b = None if bias is None else bias.to(hidden.dtype)
+        h, w, b = _cast(hidden, weight, bias, ctx.compute_dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
@@ -140,21 +144,28 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             g = grad_out[rows].unsqueeze(-1)  # (m, 1)
-            logits = torch.nn.functional.linear(hidden[rows], w, b).float()
+            logits = torch.nn.functional.linear(h[rows], w, b).float()
             grad = (
                 logits.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)
             )  # d/d logits = g * (1[t] - p), in place
             grad.scatter_add_(-1, targets[rows].unsqueeze(-1), g)
-            grad = grad.to(hidden.dtype)
+            grad = grad.to(ctx.compute_dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = grad @ w
-            grad_weight.addmm_(grad.t().float(), hidden[rows].float())
+            if ctx.compute_dtype == torch.float32:
+                grad_weight.addmm_(grad.t(), h[rows])
+            else:  # a low-precision GEMM, accumulated in fp32 across chunks
+                grad_weight += (grad.t() @ h[rows]).float()
             if grad_bias is not None:
                 grad_bias += grad.float().sum(0)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None
         return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def _cast(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def head_logps(hidden: Tensor, head: torch.nn.Linear, targets: Tensor, *, chunk_size: int = 512) -> Tensor:

@@ -57,9 +57,11 @@ class AlignmentModule(L.LightningModule):
         max_steps: int,
         keep_initial: bool = True,
         shard_plan: ShardPlan | None = None,
+        fsdp1_clip_norm: float | None = None,
     ):
         super().__init__()
         self.shard_plan = shard_plan
+        self.fsdp1_clip_norm = fsdp1_clip_norm
         self.policy = policy
         self.spec = get_loss(loss)
         self.loss_params = dict(loss_params)
@@ -285,6 +287,15 @@ class AlignmentModule(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        if self.fsdp1_clip_norm is not None:
+            # FSDP1: the norm over all ranks' shards, computed by the FSDP root (one all-reduce).
+            self.trainer.strategy.model.clip_grad_norm_(self.fsdp1_clip_norm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tralign"] = {"ref_updates": self.ref_updates}

@@ -55,8 +55,18 @@ class ShardPlan:
     reshard_after_forward: bool = True
 
 
+# Lightning's own names for sharded strategies: as plain strings they would wrap the LightningModule
+# without tralign's wrap policy (FSDP1: one flat parameter over all three copies).
+SHARDED_NAMES = ("fsdp", "fsdp2", "model_parallel", "fsdp_cpu_offload", "deepspeed")
+
+
 def strategy_problems(strategy: Any, accelerator: Any) -> list[str]:
     """Config problems of ``trainer.strategy``, naming the key; empty when fine."""
+    if isinstance(strategy, str) and (strategy in SHARDED_NAMES or strategy.startswith("deepspeed")):
+        return [
+            f"trainer.strategy={strategy}: use trainer=fsdp (GPUs) or trainer=fsdp2 (GPUs or CPU), which shard "
+            "the policy and its reference the same way"
+        ]
     if not isinstance(strategy, Mapping):
         return []
     name = strategy.get("name")
@@ -67,9 +77,10 @@ def strategy_problems(strategy: Any, accelerator: Any) -> list[str]:
         for key in strategy
         if key != "name" and key not in STRATEGY_KEYS[name]
     ]
-    if name == "fsdp" and accelerator == "cpu":
+    if name == "fsdp" and (accelerator == "cpu" or not torch.cuda.is_available()):
         problems.append(
-            "trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=fsdp2 on CPU"
+            "trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU, and none is visible); "
+            "use trainer=fsdp2 on CPU"
         )
     if name == "fsdp" and strategy.get("sharding_strategy", "FULL_SHARD") not in SHARDING_STRATEGIES:
         problems.append(
@@ -96,7 +107,7 @@ def decoder_block(model: nn.Module) -> type[nn.Module]:
 
 
 def build_strategy(
-    strategy: Any, policy: nn.Module, *, devices: Any, num_nodes: int
+    strategy: Any, policy: nn.Module, *, devices: Any, num_nodes: int, precision: Any = None
 ) -> tuple[Any, ShardPlan | None]:
     """The Lightning strategy for ``trainer.strategy``, and the fsdp2 plan for the module (or None)."""
     if not isinstance(strategy, Mapping):
@@ -121,6 +132,7 @@ def build_strategy(
                 cpu_offload=bool(options.get("cpu_offload", False)),
                 limit_all_gathers=bool(options.get("limit_all_gathers", True)),
                 use_orig_params=True,  # frozen and trained copies side by side; per-parameter views
+                mixed_precision=_fsdp1_mixed_precision(precision),
             ),
             None,
         )
@@ -142,6 +154,17 @@ def build_strategy(
         ),
         plan,
     )
+
+
+def _fsdp1_mixed_precision(precision: Any):
+    """bf16 compute, but gradients reduced in fp32 and buffers kept fp32: Lightning's default for
+    bf16-mixed casts buffers too, and a bf16 rotary ``inv_freq`` shifts the positional phases (~1 rad
+    by position 1000), so training would see another positional encoding than the exported model."""
+    if precision not in ("bf16-mixed", "bf16-true", "bf16"):
+        return None
+    from torch.distributed.fsdp import MixedPrecision
+
+    return MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
 
 
 def _world_size(devices: Any, num_nodes: int) -> int | str:
@@ -175,23 +198,29 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def full_state_dict(
-    model: nn.Module, root: nn.Module | None = None, prefix: str = ""
-) -> dict[str, torch.Tensor]:
-    """The whole, unsharded state dict of a sharded ``model`` on CPU, on rank 0 (empty elsewhere).
+def full_state_dicts(
+    module: nn.Module, root: nn.Module, names: list[str]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{name: whole state dict}`` of the sharded submodules ``names`` of ``module``, on CPU on rank 0
+    (empty dicts elsewhere). A collective: every rank must call it.
 
-    A collective: every rank must call it. FSDP2 gathers one parameter at a time; FSDP1 gathers
-    through its root (``root``, keys starting with ``prefix``) with rank-0-only CPU offload.
+    FSDP2 gathers one submodule at a time (``get_model_state_dict``, full, CPU-offloaded). FSDP1 can
+    only produce a full state dict from its root (``root``): one rank-0-only, CPU-offloaded gather
+    of the whole LightningModule, split by prefix (rank 0 holds every copy in CPU memory meanwhile).
     """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    if root is not None and isinstance(root, FullyShardedDataParallel):
+    if isinstance(root, FullyShardedDataParallel):
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
         config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
         with FullyShardedDataParallel.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
             state = root.state_dict()
-        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        return {
+            name: {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            for name in names
+        }
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {name: get_model_state_dict(getattr(module, name), options=options) for name in names}

@@ -71,6 +71,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
             run_dir / "checkpoints",
             every_n_steps=int(cfg.checkpoint.every_n_steps),
             save_last=bool(cfg.checkpoint.save_last),
+            keep=cfg.checkpoint.get("keep"),
         )
     ]
     if with_logger:
@@ -123,7 +124,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         policy,
         devices=trainer_kwargs.get("devices"),
         num_nodes=int(trainer_kwargs.get("num_nodes", 1)),
+        precision=trainer_kwargs.get("precision"),
     )
+    fsdp1_clip = None
+    if type(strategy).__name__ == "FSDPStrategy" and trainer_kwargs.get("gradient_clip_val"):
+        # Lightning's FSDP precision plugin refuses norm clipping; the module clips through FSDP.
+        fsdp1_clip = float(trainer_kwargs.pop("gradient_clip_val"))
     schedule = schedule_from(cfg)
     module = AlignmentModule(
         policy,
@@ -134,6 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         max_steps=int(cfg.trainer.max_steps),
         keep_initial=bool(cfg.model.keep_initial),
         shard_plan=shard_plan,
+        fsdp1_clip_norm=fsdp1_clip,
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -148,6 +155,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # weights_only: a checkpoint is data, never code (no arbitrary pickles are unpickled).
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     train_metrics = _floats(dict(trainer.callback_metrics), "train/")
+    # Gather sharded weights into whole models (rank 0) while the fit's wrapping is in place:
+    # trainer.validate re-connects the strategy. A collective: every rank takes part.
+    names = ["policy"] + (["reference"] if cfg.export.reference and module.reference is not None else [])
+    wholes = _whole_models(module, trainer, names, cfg.model, tokenizer)
     val_metrics = _floats(trainer.validate(module, datamodule=data, verbose=False)[0], "val/")
 
     summary: dict[str, Any] = {
@@ -171,11 +182,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "val": val_metrics,
         **{k: v for k, v in data.stats.items()},
     }
-    # Sharded weights are gathered (a collective: every rank takes part) into whole models on rank 0.
-    policy_whole = _whole_model(module.policy, trainer, "policy", cfg.model, tokenizer)
-    reference_whole = None
-    if cfg.export.reference and module.reference is not None:
-        reference_whole = _whole_model(module.reference, trainer, "reference", cfg.model, tokenizer)
+    policy_whole, reference_whole = wholes["policy"], wholes.get("reference")
     if trainer.is_global_zero:
         if cfg.export.policy:
             _export(policy_whole, tokenizer, run_dir / "policy")
@@ -206,20 +213,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _whole_model(model: Any, trainer: Any, name: str, model_cfg: DictConfig, tokenizer: Any) -> Any:
-    """``model`` itself when it is whole; for a sharded one, a fresh unsharded copy with the gathered
-    weights on rank 0 (None on the other ranks)."""
+def _whole_models(
+    module: Any, trainer: Any, names: list[str], model_cfg: DictConfig, tokenizer: Any
+) -> dict[str, Any]:
+    """``{name: model}`` for the module's submodules ``names``: the submodule itself when whole; for
+    a sharded one, a fresh unsharded copy with the gathered weights on rank 0 (None elsewhere).
+    All gathers happen before any model is built, so no rank waits in a collective while rank 0
+    loads weights."""
     from tralign.models import build_policy
-    from tralign.strategies import full_state_dict, is_sharded
+    from tralign.strategies import full_state_dicts, is_sharded
 
-    if not is_sharded(model):
-        return model
-    state = full_state_dict(model, root=trainer.strategy.model, prefix=f"{name}.")
-    if not trainer.is_global_zero:
-        return None
-    whole = build_policy(model_cfg, tokenizer)
-    whole.load_state_dict(state)
-    return whole
+    sharded = [name for name in names if is_sharded(getattr(module, name))]
+    states = full_state_dicts(module, trainer.strategy.model, sharded) if sharded else {}
+    wholes: dict[str, Any] = {}
+    for name in names:
+        if name not in states:
+            wholes[name] = getattr(module, name)
+        elif trainer.is_global_zero:
+            wholes[name] = build_policy(model_cfg, tokenizer)
+            wholes[name].load_state_dict(states.pop(name))
+        else:
+            wholes[name] = None
+    return wholes
 
 
 def _export(model: Any, tokenizer: Any, path: Path) -> None:

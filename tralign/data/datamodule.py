@@ -120,9 +120,25 @@ class ResumableDataLoader(DataLoader):
         self._batches_done = batches_done
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.batch_sampler.epoch), "batches_done": self._batches_done()}
+        sampler = self.batch_sampler
+        return {
+            "epoch": int(sampler.epoch),
+            "batches_done": self._batches_done(),
+            "global_batch_rows": sampler.rows_per_batch * sampler.num_replicas,
+        }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        # Global batches depend on (seed, epoch, rows per global batch) only: a run may resume on
+        # another number of ranks, but not with another global batch (it would skip or repeat rows).
+        saved, now = (
+            state.get("global_batch_rows"),
+            self.batch_sampler.rows_per_batch * self.batch_sampler.num_replicas,
+        )
+        if saved is not None and int(saved) != now:
+            raise DataError(
+                f"ckpt_path: the checkpoint was trained on global batches of {saved} rows, this run makes "
+                f"{now} (data.batch_size x ranks); resume with the same global batch"
+            )
         epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(self.batch_sampler):  # saved after an epoch's last batch: the next one is due
             epoch, done = epoch + 1, 0
