@@ -205,15 +205,20 @@ def full_state_dicts(
     (empty dicts elsewhere). A collective: every rank must call it.
 
     FSDP2 gathers one submodule at a time (``get_model_state_dict``, full, CPU-offloaded). FSDP1 can
-    only produce a full state dict from its root (``root``): one rank-0-only, CPU-offloaded gather
-    of the whole LightningModule, split by prefix (rank 0 holds every copy in CPU memory meanwhile).
+    only produce a full state dict from its root (``root``): one rank-0-only gather of the whole
+    LightningModule (offloaded to CPU when it runs on an accelerator), split by prefix (rank 0
+    holds every copy in CPU memory meanwhile).
     """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     if isinstance(root, FullyShardedDataParallel):
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        # offload_to_cpu only from an accelerator: with the flat parameters on CPU, FSDP1's
+        # ``FlatParamHandle.to_cpu`` "moves" the gathered parameter to where it already is, then
+        # frees that same storage, and the state_dict clone reads freed memory (segfault).
+        offload = root.compute_device.type != "cpu"
+        config = FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)
         with FullyShardedDataParallel.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
             state = root.state_dict()
         return {

@@ -126,9 +126,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_nodes=int(trainer_kwargs.get("num_nodes", 1)),
         precision=trainer_kwargs.get("precision"),
     )
+    from lightning.pytorch.strategies import FSDPStrategy
+
     fsdp1_clip = None
-    if type(strategy).__name__ == "FSDPStrategy" and trainer_kwargs.get("gradient_clip_val"):
-        # Lightning's FSDP precision plugin refuses norm clipping; the module clips through FSDP.
+    by_norm = trainer_kwargs.get("gradient_clip_algorithm") in (None, "norm")
+    if isinstance(strategy, FSDPStrategy) and trainer_kwargs.get("gradient_clip_val") and by_norm:
+        # Lightning's FSDP precision plugin refuses norm clipping; the module clips through the FSDP
+        # root (the norm over all ranks' shards). Clipping by value is elementwise: Lightning's own.
         fsdp1_clip = float(trainer_kwargs.pop("gradient_clip_val"))
     schedule = schedule_from(cfg)
     module = AlignmentModule(
