@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import REPO, SHRINK, compose_cfg, run_cli
 from safetensors.torch import load_file
+from test_scale import RUN, TWO_PROC, _assert_same
 
 import tralign.guards as guards
 from tralign.guards import NonFiniteError, NonFiniteGuard, all_finite
@@ -231,3 +232,139 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
     assert math.isclose(done["val"]["val/loss"], reference["val"]["val/loss"], rel_tol=1e-5)
+
+
+class TermDuringFinalValidation(L.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "validate" and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_the_closing_validation_stops_before_the_export(monkeypatch, tmp_path):
+    # After fit, trainer.validate re-registers Lightning's handler; ours takes over for that stage
+    # too, the validation finishes and the run stops with the final checkpoint as the resume point.
+    _with_callbacks(monkeypatch, TermDuringFinalValidation())
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as caught:
+        run(compose_cfg([]), tmp_path)
+    assert guards.is_preemption(caught.value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["global_step"] == 4
+    assert Path(summary["checkpoint"]).name == "step=4.ckpt" == caught.value.checkpoint.name
+    assert not (tmp_path / "policy").exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # Lightning restored the handler
+
+
+# ----------------------------------------------------------------- pre-emption, two processes
+# Both ranks are signalled (os.killpg: SLURM signals every task, torchrun's agent forwards to every
+# worker). The ranks agree at the next optimizer-step boundary and checkpoint together.
+
+RUN2 = [a for a in RUN if not a.startswith(("trainer.val_check_interval", "data.eval_batch_size"))]
+TERM_IN_VALIDATION = """
+import os, runpy, signal
+import lightning as L
+import tralign.guards as guards
+
+class TermDuringValidation(L.Callback):  # rank 0 only: Lightning starts rank 1 as python -m tralign.train
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.state.fn == "fit" and trainer.global_step == 4 and batch_idx == 0:
+            os.killpg(os.getpgid(0), signal.SIGTERM)  # every rank, mid-validation
+
+original = guards.guard_callbacks
+guards.guard_callbacks = lambda cfg: [TermDuringValidation(), *original(cfg)]
+runpy.run_module("tralign.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def _start(tmp_path: Path, name: str, cmd: list[str]) -> tuple[subprocess.Popen, Path]:
+    run_dir = tmp_path / name
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [*cmd, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a job step's
+    )
+    return proc, run_dir
+
+
+def _preempted(proc: subprocess.Popen, run_dir: Path, timeout: float = 180) -> tuple[dict, str]:
+    """Exit 143 on time (no rank hangs), one preempt checkpoint, every rank gone."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)  # EOF: every rank has closed the pipe
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"no exit {timeout} s after SIGTERM: {proc.communicate()[0][-3000:]}") from None
+    assert proc.returncode == 143, output[-3000:]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # rank 0 waited for its child rank
+    assert "Traceback" not in output, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted", summary
+    ckpt = Path(summary["checkpoint"])
+    assert ckpt.exists() and ckpt.name == f"preempt-step{summary['global_step']}.ckpt"
+    assert f"tralign: pre-empted (SIGTERM): resume with ckpt_path={ckpt}" in output
+    assert not list(run_dir.glob("checkpoints/*.partial"))
+    return summary, output
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_sigterm_mid_validation_checkpoints_together_and_resumes_exactly(tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(TERM_IN_VALIDATION)
+    # 4 validation batches per rank at step 4: Lightning's loop would raise at the next one.
+    args = [*RUN2, *TWO_PROC, "data.batch_size=4", "data.eval_batch_size=2", "trainer.val_check_interval=4"]
+    started = time.time()
+    proc, run_dir = _start(tmp_path, "preempted", [sys.executable, str(driver), *args])
+    summary, _ = _preempted(proc, run_dir)
+    print(f"pre-empted run: {time.time() - started:.1f} s")
+    # The validation of step 4 finished on both ranks; they stopped together after step 5.
+    assert summary["global_step"] == 5
+    ckpt = Path(summary["checkpoint"])
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+    # Resume (two processes) to step 7 and compare with an uninterrupted run (one process, the
+    # same global batch: test_scale.py shows one and two processes agree to 1e-5).
+    val = ["data.eval_batch_size=2", "trainer.val_check_interval=4", "trainer.max_steps=7"]
+    resumed, whole = tmp_path / "resumed", tmp_path / "whole"
+    for run_dir, extra in (
+        (resumed, [*TWO_PROC, "data.batch_size=4", f"ckpt_path={ckpt}"]),
+        (whole, ["data.batch_size=8"]),
+    ):
+        started = time.time()
+        result = run_cli("tralign.train", [*RUN2, *val, *extra, f"hydra.run.dir={run_dir}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        print(f"{run_dir.name}: {time.time() - started:.1f} s")
+    _assert_same(whole, resumed, atol=1e-5)
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_sigterm_at_any_moment_exits_143_with_a_checkpoint(tmp_path):
+    # Signalled from outside at whatever point the ranks are (forward, backward, a collective,
+    # mid gradient accumulation: 2 micro-batches per step).
+    args = [
+        *RUN2,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.accumulate_grad_batches=2",
+        "data.batch_size=2",
+    ]
+    proc, run_dir = _start(tmp_path, "ddp", [sys.executable, "-m", "tralign.train", *args])
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "step=2.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside step 3 or later
+    os.killpg(proc.pid, signal.SIGTERM)
+    signalled = time.time()
+    summary, _ = _preempted(proc, run_dir)
+    print(f"exit 143 {time.time() - signalled:.1f} s after SIGTERM, at step {summary['global_step']}")
+    assert summary["global_step"] >= 2
+    state = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == summary["global_step"]

@@ -9,11 +9,11 @@ move the policy. After ``guard.max_consecutive_nonfinite`` bad steps in a row (o
 since bad updates were skipped — and stops with :class:`NonFiniteError` (exit code 3). Before the
 reference moves, the policy's weights are checked too: a non-finite policy is never mixed into it.
 
-``PreemptionCheckpoint`` builds on Lightning's SIGTERM handling (the handler sets
-``trainer.received_sigterm``; the loop raises ``SIGTERMException`` after the batch): at the end of
-the first complete optimizer step after the signal (reference updated) it saves
-``checkpoints/step=N-preempt.ckpt``, writes ``summary.json`` with status ``preempted`` and lets
-Lightning stop; ``python -m tralign.train`` then exits with code 143. Resume with ``ckpt_path=``.
+``PreemptionCheckpoint`` replaces Lightning's SIGTERM handler with one that only sets a flag; at the
+end of every optimizer step (reference updated) the ranks agree on it with one ``all_reduce`` and, if
+any rank was signalled, all of them save ``checkpoints/preempt-stepN.ckpt`` together, write
+``summary.json`` with status ``preempted`` and raise ``SIGTERMException`` at the same step;
+``python -m tralign.train`` then exits with code 143. Resume with ``ckpt_path=``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from tralign.errors import TralignError
@@ -86,6 +91,11 @@ def _save(trainer: L.Trainer, name: str) -> Path:
     under a checkpoint's name."""
     path = _run_dir(trainer) / "checkpoints" / name
     partial = path.with_name(path.name + ".partial")
+    if trainer.is_global_zero and partial.is_dir():  # a killed sharded save: never mix its shards in
+        import shutil
+
+        shutil.rmtree(partial)
+    trainer.strategy.barrier("tralign-guard-checkpoint-start")
     trainer.save_checkpoint(
         partial, weights_only=False
     )  # full state; collective: every rank calls it (sharded: each its shard)
@@ -182,6 +192,7 @@ class NonFiniteGuard(L.Callback):
             # This callback runs before the module's reference update (trainer callbacks come
             # first): a policy that went non-finite despite finite gradients stops the run here.
             why = f"the policy's weights are non-finite after optimizer step {step}"
+            _coordinated_exit(trainer)
             _write_summary(trainer, "stopped", error=why, skipped_steps=self.skipped)
             raise NonFiniteError(
                 f"{why}; the reference was not updated; resume from an earlier checkpoint in "
@@ -189,6 +200,7 @@ class NonFiniteGuard(L.Callback):
             )
         if self._stop is not None:
             why, self._stop = self._stop, None
+            _coordinated_exit(trainer)
             if hasattr(pl_module, "step_reference"):
                 pl_module.step_reference()  # the checkpoint holds this step's reference, as on resume
             path = _save(trainer, f"nonfinite-step{step}.ckpt")
@@ -197,55 +209,113 @@ class NonFiniteGuard(L.Callback):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """Save a resumable checkpoint when SIGTERM (SLURM's pre-emption warning) arrives, then stop."""
+    """Save a resumable checkpoint when SIGTERM (SLURM's pre-emption warning) arrives, then stop.
+
+    Lightning's own SIGTERM handler is replaced once training starts: it runs a ``dist.broadcast``
+    inside the handler (collectives matched out of order when several ranks are signalled) and
+    makes the loops raise at whichever batch each rank happens to be in. Ours only sets a flag; at
+    every optimizer-step boundary the ranks OR their flags with one ``all_reduce`` (only with more
+    than one process) and, if any was signalled, all of them save the checkpoint together and
+    raise ``SIGTERMException`` at the same step.
+    """
 
     def __init__(self) -> None:
         self.saved: Path | None = None
-        self._pending = False  # a signal arrived mid gradient accumulation
+        self.received = False  # set by the signal handler, nothing else happens there
         self._seen_step = -1
 
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes of the main thread, possibly inside a
+        # collective's Python frames or a logging call: set the flag, nothing more.
+        self.received = True
+
+    def _install(self, trainer: L.Trainer) -> None:
+        """Replace Lightning's SIGTERM handler (registered just before the sanity check). Lightning
+        restores the pre-``fit`` handler when ``fit`` ends, ours included."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal works only there (Lightning registers nothing then either)
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and connector.received_sigterm:
+            # Lightning's handler caught one before ours was in place: take it over.
+            self.received, connector.received_sigterm = True, False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
         self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        connector = getattr(trainer, "_signal_connector", None)
-        if trainer.received_sigterm and connector is not None:
-            # Hold the signal until the optimizer step completes: a checkpoint taken mid
-            # accumulation would lose the accumulated gradients. Lightning raises at the end of
-            # this batch only if the flag is still set when it looks.
-            self._pending, connector.received_sigterm = True, False
         step = trainer.global_step
-        at_boundary = step != self._seen_step
+        if step == self._seen_step:
+            # Mid gradient accumulation: the signal waits for the optimizer step (a checkpoint
+            # here would lose the accumulated gradients). Validation, which runs after this hook,
+            # also finishes first: Lightning's loops never see a signal.
+            return
         self._seen_step = step
-        if not at_boundary:
+        # The only collective: every rank gets here at every optimizer step, in the same order.
+        if not _any_rank(self.received, pl_module.device):
             return
-        if not _any_rank(self._pending, pl_module.device):
-            return
+        log.warning("SIGTERM: stopping after optimizer step %d", step)
         # The module moves its reference after the callbacks; do it now so the checkpoint holds
         # the reference of this step (step_reference is idempotent).
         if hasattr(pl_module, "step_reference"):
             pl_module.step_reference()
-        self._preempt(trainer)
-        if connector is not None:
-            connector.received_sigterm = True  # Lightning raises SIGTERMException after this batch
+        _coordinated_exit(trainer)
+        self._preempt(trainer)  # every rank: a sharded checkpoint needs all of them
+        err = SIGTERMException()
+        err.checkpoint = self.saved
+        raise err  # on every rank at the same step; main() exits with 143
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received and self.saved is None:
+            log.warning("SIGTERM after the last optimizer step: the final checkpoint follows")
+
+    # The run's closing trainer.validate (after fit): the same flag, agreed on once at its end.
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._install(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "validate" or not _any_rank(self.received, pl_module.device):
+            return
+        # Training is over and its final checkpoint written (AtomicCheckpoint.on_train_end):
+        # that one resumes (to the export) as well as a new one would.
+        from tralign.checkpoint import newest_checkpoint
+
+        self.saved = newest_checkpoint(_run_dir(trainer) / "checkpoints")
+        _write_summary(trainer, "preempted", checkpoint=str(self.saved) if self.saved else None)
+        _coordinated_exit(trainer)
+        log.warning(
+            "pre-empted (SIGTERM) after training, before the export; resume with ckpt_path=%s", self.saved
+        )
+        err = SIGTERMException()
+        err.checkpoint = self.saved
+        raise err
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, NonFiniteError):
+            _wait_for_children(trainer)
         if not is_preemption(exception):
             return
         try:
             self._save_late(trainer)
         finally:
             exception.checkpoint = self.saved  # for the command line's last message
+        _wait_for_children(trainer)
 
     def _save_late(self, trainer: L.Trainer) -> None:
         if self.saved is not None:
             return
-        # The signal arrived after this step's callbacks ran (during validation or a checkpoint
-        # write): the state is the end of a complete step unless accumulation was under way.
+        # Lightning raised SIGTERMException itself: its handler was still in place (a signal
+        # between its registration and ours, or in a stage we do not cover). Single process at a
+        # step boundary: the state is resumable; otherwise the ranks may be at different batches.
         mid_accumulation = trainer.fit_loop.epoch_loop._should_accumulate()
-        if trainer.world_size > 1 or mid_accumulation:
+        if trainer.world_size > 1 or mid_accumulation or trainer.state.fn != "fit":
             why = "mid gradient accumulation" if mid_accumulation else "signal outside a step boundary"
             log.warning(
                 "pre-empted (%s): no checkpoint written (resume from the last periodic checkpoint)", why
@@ -264,6 +334,29 @@ class PreemptionCheckpoint(L.Callback):
             self.saved,
             self.saved,
         )
+
+
+def _coordinated_exit(trainer: L.Trainer) -> None:
+    """Before every rank raises together (pre-emption, non-finite stop): keep Lightning's child
+    observer (rank 0 of a run that spawned its ranks itself) from taking a child's non-zero exit
+    for a crash and SIGKILLing the whole run, rank 0 included, before it can exit with its code."""
+    if not trainer.is_global_zero or not getattr(trainer.strategy.launcher, "procs", None):
+        return
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ChildProcessObserver":
+            thread._run = lambda: True  # its next poll ends the thread, nothing is killed
+
+
+def _wait_for_children(trainer: L.Trainer, timeout: float = 120.0) -> None:
+    """Rank 0 of a run that spawned its ranks: let them exit first (each saved with us), so the
+    job ends as a whole. torchrun/SLURM ranks have no children here."""
+    procs = getattr(trainer.strategy.launcher, "procs", None) if trainer.is_global_zero else None
+    deadline = time.monotonic() + timeout
+    for proc in procs or []:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("rank process %d still running after %.0f s", proc.pid, timeout)
 
 
 def is_preemption(err: BaseException) -> bool:
