@@ -5,7 +5,8 @@ before expensive work starts). Training batches are length-grouped by default
 (``data.group_by_length``, see ``tralign.data.sampler``); validation batches keep row order.
 Rows that cannot train once tokenised (a completion with no tokens, a pair made identical by
 truncation) are refused, every location listed, or dropped and counted with
-``data.on_bad_rows=skip``.
+``data.on_bad_rows=skip``; a split left without rows is refused (no validation rows would end a
+finished run in an error).
 
 Distributed: the training sampler shards itself and validation uses a ``DistributedSampler`` built
 here, so the trainer runs with ``use_distributed_sampler: false`` (conf/trainer/default.yaml).
@@ -77,11 +78,24 @@ def row_lengths(table: Dataset, mode: Mode) -> np.ndarray:
     return np.stack([prompt + pc.list_value_length(columns[f]).to_numpy() for f in sides], axis=1)
 
 
-def _drop_bad_rows(tables: dict[str, Dataset], on_bad_rows: str) -> tuple[dict[str, Dataset], dict[str, int]]:
-    """Refuse (``error``) or drop (``skip``) rows whose encoding has a problem; all listed at once."""
+def _prompt_start(row: Mapping[str, Any], chars: int = 40) -> str:
+    """The start of a row's prompt, escaped to one line: finds a row of the split in the file."""
+    prompt = str(row.get("prompt", ""))
+    return repr(prompt[:chars]) + ("..." if len(prompt) > chars else "")
+
+
+def _drop_bad_rows(
+    tables: dict[str, Dataset], on_bad_rows: str, rows: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> tuple[dict[str, Dataset], dict[str, int]]:
+    """Refuse (``error``) or drop (``skip``) rows whose encoding has a problem; all listed at once,
+    each as ``SPLIT row I: REASON (prompt '...')`` (I counts the rows of that split, not file lines)."""
     reasons = {name: t["problem"] for name, t in tables.items()}
     bad = {name: [i for i, reason in enumerate(column) if reason] for name, column in reasons.items()}
-    problems = [f"{name} row {i}: {reasons[name][i]}" for name, rows in bad.items() for i in rows]
+    problems = [
+        f"{name} row {i}: {reasons[name][i]} (prompt {_prompt_start(rows[name][i])})"
+        for name, indices in bad.items()
+        for i in indices
+    ]
     if not problems:
         return tables, {name: 0 for name in tables}
     shown = problems[:MAX_REPORTED_PROBLEMS]
@@ -99,8 +113,10 @@ def _drop_bad_rows(tables: dict[str, Dataset], on_bad_rows: str) -> tuple[dict[s
     for name, t in tables.items():
         drop = set(bad[name])
         kept[name] = t.select([i for i in range(len(t)) if i not in drop]) if drop else t
-    if len(kept["train"]) == 0:
-        raise DataError(f"no training rows left after dropping {len(bad['train'])} bad row(s)")
+    for name in ("train", "val"):  # no validation rows: Lightning would skip validation, train.py fail
+        if name in kept and len(kept[name]) == 0:
+            what = "training" if name == "train" else "validation"
+            raise DataError(f"no {what} rows left after dropping {len(bad[name])} bad row(s): {listing}")
     return kept, {name: len(rows) for name, rows in bad.items()}
 
 
@@ -178,7 +194,11 @@ class PreferenceDataModule(L.LightningDataModule):
             tables[name], self.cache[name] = encode_table(
                 rows, tokenizer, self.lengths, mode, cache_dir=cache_dir
             )
-        self.tables, dropped = _drop_bad_rows(tables, str(data_cfg.get("on_bad_rows", "error")))
+        self.tables, dropped = _drop_bad_rows(
+            tables,
+            str(data_cfg.get("on_bad_rows", "error")),
+            {"train": self.split.train, "val": self.split.val},
+        )
         fields = example_fields(mode)
         self.train_examples = Examples(self.tables["train"], fields)
         self.val_examples = Examples(self.tables["val"], fields)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from tralign.errors import DataError
 
 Record = tuple[str, Any]
 PARQUET_BATCH = 1024
+# A \uD800-\uDFFF escape: valid JSON, but alone (not half of a pair) it is no Unicode character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def _open_text(path: Path):
@@ -39,9 +42,34 @@ def _unreadable(path: Path | str, err: BaseException) -> DataError:
     return DataError(f"{path}: unreadable ({type(err).__name__}: {first})")
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone UTF-16 surrogate in a parsed JSON value's strings (keys too), as ``\\udXXX``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"\\u{ord(value[err.start]):04x}"
+        return None
+    if isinstance(value, dict):
+        parts: Any = (part for item in value.items() for part in item)
+    else:
+        parts = value if isinstance(value, list) else ()
+    return next((found for part in parts if (found := _lone_surrogate(part))), None)
+
+
+def _checked(value: Any, escaped: bool) -> Any:
+    """``value``, or a BadRow when it holds a lone surrogate (only possible when its JSON text has a
+    ``\\udXXX`` escape, ``escaped``): valid JSON, but no Unicode text: the tokenizer, Arrow and
+    UTF-8 refuse it, json.loads does not."""
+    found = _lone_surrogate(value) if escaped else None
+    if found:
+        return BadRow(f"not valid Unicode (a lone surrogate {found}, half of a UTF-16 pair)")
+    return value
+
+
 def _parse_line(line: str) -> Any:
     try:
-        return json.loads(line)
+        return _checked(json.loads(line), _SURROGATE_ESCAPE.search(line) is not None)
     except json.JSONDecodeError as err:
         return BadRow(f"not valid JSON ({err.msg} at column {err.colno})")
 
@@ -74,14 +102,15 @@ def json_records(path: Path) -> Iterator[Record]:
         yield from jsonl_records(path)
         return
     if isinstance(value, dict):  # a one-line JSON Lines file
-        yield f"{path}:1", value
+        yield f"{path}:1", _checked(value, _SURROGATE_ESCAPE.search(content) is not None)
         return
     if not isinstance(value, list):
         raise DataError(
             f"{path}: expected a JSON array of rows or JSON Lines, got a JSON {type(value).__name__}"
         )
+    escaped = _SURROGATE_ESCAPE.search(content) is not None
     for i, row in enumerate(value):
-        yield f"{path} row {i}", row
+        yield f"{path} row {i}", _checked(row, escaped)
 
 
 def parquet_records(path: Path) -> Iterator[Record]:

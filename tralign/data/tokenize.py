@@ -5,6 +5,10 @@ Policy: the prompt keeps its *end* (the most recent turns matter most), at most
 after the prompt. The completion gets the tokenizer's EOS appended before truncation, so a
 completion that fits ends in EOS and one that does not is cut (and counted as truncated).
 
+An empty prompt (or one that tokenises to nothing) becomes one token, the tokenizer's BOS (EOS
+when it has none): position 0 of a sequence is never scored (nothing predicts it), so without a
+prompt token the completion's first token would never train.
+
 Because ``max_prompt_length < max_length``, every completion keeps at least one token: a prompt
 can never leave "no room". A completion can still carry nothing of its own (its text tokenises to
 nothing, so only EOS is left), and two sides of a pair can become identical once cut; such rows
@@ -23,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 Mode = Literal["pair", "sft", "unpaired"]
 MODES: tuple[Mode, ...] = ("pair", "sft", "unpaired")
 # Bump when the encoding below changes: it is part of the tokenised-data cache key.
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2  # 2: an empty prompt is [BOS] (or [EOS])
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class Lengths:
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def start_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The one token an empty prompt becomes: BOS, else EOS (a document boundary either way)."""
+    bos = tokenizer.bos_token_id
+    return tokenizer.eos_token_id if bos is None else bos
 
 
 def truncate(
@@ -68,7 +78,8 @@ def encode_prompt_completions(
     sides of a pair see exactly the same prompt tokens.
     """
     eos = tokenizer.eos_token_id
-    return truncate(_ids(tokenizer, prompt), [_ids(tokenizer, c) + [eos] for c in completions], lengths)
+    prompt_ids = _ids(tokenizer, prompt) or [start_id(tokenizer)]
+    return truncate(prompt_ids, [_ids(tokenizer, c) + [eos] for c in completions], lengths)
 
 
 def completion_fields(mode: Mode, columns: Sequence[str]) -> tuple[str, ...]:
@@ -133,8 +144,10 @@ def encode_columns(
     out: dict[str, list[Any]] = {f: [] for f in example_fields(mode)}
     out.update({"truncated": [], "problem": [], "length": [], "raw_prompt": []})
     out.update({f"raw_{side}": [] for side in sides})
+    start = [start_id(tokenizer)]
     for i, prompt in enumerate(raw_prompts):
-        prompt_ids, completions, truncated = truncate(prompt, [raw[s][i] + [eos] for s in sides], lengths)
+        completions = [raw[s][i] + [eos] for s in sides]
+        prompt_ids, completions, truncated = truncate(prompt or start, completions, lengths)
         out["prompt_ids"].append(prompt_ids)
         for side, ids in zip(sides, completions, strict=True):
             out["completion_ids" if mode != "pair" else f"{side}_ids"].append(ids)
