@@ -87,3 +87,27 @@ def run_cli(module: str, args: list[str], cwd: Path, **env: str) -> subprocess.C
         text=True,
         timeout=600,
     )
+
+
+def sigkill_after_checkpoint(
+    cmd: list[str], cwd: Path, env: dict[str, str], target: Path, log_path: Path
+) -> Path:
+    """Start ``cmd`` (a run that would train for long) in its own process group; once ``target``
+    (a checkpoint, complete once it exists: saves are write-then-rename) appears, SIGKILL the whole
+    group, launcher and every rank. Returns ``target``."""
+    import signal
+    import time
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while not target.exists():
+            assert proc.poll() is None, log_path.read_text()[-4000:]
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return target

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK
+from conftest import REPO, SHRINK, sigkill_after_checkpoint
 from safetensors.torch import load_file
 
 from tralign.checkpoint import PARTIAL
@@ -171,21 +169,9 @@ def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
     """A 2-rank run that would train for long, SIGKILLed (torchrun and both ranks) once
     ``checkpoint`` is in place; returns the checkpoint's path."""
     cmd, env, run_dir = _launch(tmp_path, name, [*args, "trainer.max_steps=100000"], torchrun=True)
-    log_path = tmp_path / f"{name}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        target = run_dir / "checkpoints" / checkpoint
-        deadline = time.time() + 300
-        while not target.exists():
-            assert proc.poll() is None, log_path.read_text()[-4000:]
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return target
+    return sigkill_after_checkpoint(
+        cmd, tmp_path, env, run_dir / "checkpoints" / checkpoint, tmp_path / f"{name}.log"
+    )
 
 
 def _clips(tmp_path: Path, name: str) -> dict[int, list[dict]]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli
+from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint
 from safetensors.torch import load_file
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
@@ -281,30 +279,21 @@ def _train(tmp_path: Path, name: str, *args: str) -> Path:
 
 
 def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
-    """Start a run that would train for long, SIGKILL it (all its processes) once ``checkpoint``
-    is written; return the checkpoint's path."""
-    run_dir = tmp_path / name
+    """A run that would train for long, SIGKILLed (all its processes) once ``checkpoint`` is written."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "tralign.train", *RUN, *args, "trainer.max_steps=100000"]
-    with open(tmp_path / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(
-            [*cmd, f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        target = run_dir / "checkpoints" / checkpoint
-        deadline = time.time() + 300
-        while not target.exists():
-            assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return target
+    run_dir = tmp_path / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "tralign.train",
+        *RUN,
+        *args,
+        "trainer.max_steps=100000",
+        f"hydra.run.dir={run_dir}",
+    ]
+    return sigkill_after_checkpoint(
+        cmd, tmp_path, env, run_dir / "checkpoints" / checkpoint, tmp_path / f"{name}.log"
+    )
 
 
 def _weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
