@@ -1,6 +1,6 @@
 """One-GPU training-step benchmark on random-init Pythia architectures (no download).
 
-    python -m tralign.scale_bench --device cuda --archs pythia-1b,pythia-2.8b,pythia-6.9b --out scale.json
+    python -m tralign.scale_bench --device cuda --archs pythia-1b-arch,pythia-2.8b-arch,pythia-6.9b-arch --out scale.json
     python -m tralign.scale_bench --device cpu --archs tiny --steps 2 --warmup 1     # the plumbing, on CPU
 
 For each architecture: a policy and a moving reference built from the config (same weights), one
@@ -35,46 +35,13 @@ from typing import Any
 
 import torch
 
+from tralign.bench.presets import PRESETS, model_config
 from tralign.losses import dpo_loss
 from tralign.module import AlignmentModule
 from tralign.reference import update_reference_
 
-# GPT-NeoX shapes of the Pythia suite (EleutherAI/pythia-*/config.json), plus a tiny one for CPU.
-ARCHS: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
-    "pythia-410m": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "intermediate_size": 4096,
-    },
-    "pythia-1b": {
-        "hidden_size": 2048,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 8,
-        "intermediate_size": 8192,
-    },
-    "pythia-2.8b": {
-        "hidden_size": 2560,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "intermediate_size": 10240,
-    },
-    "pythia-6.9b": {
-        "hidden_size": 4096,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "intermediate_size": 16384,
-    },
-    "pythia-12b": {
-        "hidden_size": 5120,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 40,
-        "intermediate_size": 20480,
-    },
-}
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-VOCAB = 50304  # Pythia's padded vocabulary
+VOCAB = 50304  # Pythia's padded vocabulary (the architectures: tralign.bench.presets)
 
 
 def build(arch: str, device: torch.device, dtype: torch.dtype, seq: int):
@@ -82,12 +49,8 @@ def build(arch: str, device: torch.device, dtype: torch.dtype, seq: int):
 
     config = GPTNeoXConfig(
         vocab_size=VOCAB,
-        max_position_embeddings=max(2048, seq),
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
         attn_implementation="sdpa",
-        **ARCHS[arch],
+        **model_config(arch, {"max_position_embeddings": max(2048, seq)}),
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -212,7 +175,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m tralign.scale_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--archs", default="pythia-1b,pythia-2.8b,pythia-6.9b")
+    parser.add_argument("--archs", default="pythia-1b-arch,pythia-2.8b-arch,pythia-6.9b-arch")
     parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step (2x sequences)")
     parser.add_argument("--seq", type=int, default=1024)
@@ -223,9 +186,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    unknown = [a for a in args.archs.split(",") if a not in ARCHS]
+    unknown = [a for a in args.archs.split(",") if a not in PRESETS]
     if unknown:
-        parser.error(f"--archs: unknown {', '.join(unknown)}; known: {', '.join(ARCHS)}")
+        parser.error(f"--archs: unknown {', '.join(unknown)}; known: {', '.join(PRESETS)}")
     results = []
     for arch in args.archs.split(","):
         try:

@@ -54,6 +54,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 32,
         "intermediate_size": 16384,
     },
+    "pythia-12b-arch": {
+        "hidden_size": 5120,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 40,
+        "intermediate_size": 20480,
+    },
 }
 
 
