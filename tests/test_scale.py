@@ -485,3 +485,16 @@ def test_checkpoint_keep_deletes_all_but_the_newest_periodic_ones(tmp_path: Path
         "step=3.ckpt",
         "step=4.ckpt",
     ]
+
+
+def test_fsdp1_norm_clipping_moves_from_lightning_to_the_module() -> None:
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from tralign.strategies import take_fsdp1_clip_norm
+
+    kwargs = {"gradient_clip_val": 2.0}
+    assert take_fsdp1_clip_norm(FSDPStrategy(), kwargs) == 2.0 and "gradient_clip_val" not in kwargs
+    by_value = {"gradient_clip_val": 0.5, "gradient_clip_algorithm": "value"}
+    assert take_fsdp1_clip_norm(FSDPStrategy(), by_value) is None and by_value["gradient_clip_val"] == 0.5
+    ddp = {"gradient_clip_val": 2.0}
+    assert take_fsdp1_clip_norm(DDPStrategy(), ddp) is None and ddp == {"gradient_clip_val": 2.0}

@@ -156,6 +156,18 @@ def build_strategy(
     )
 
 
+def take_fsdp1_clip_norm(strategy: Any, trainer_kwargs: dict[str, Any]) -> float | None:
+    """Under FSDP1, remove a norm-clipping ``gradient_clip_val`` from the Trainer arguments and return
+    it: Lightning's FSDP precision plugin refuses norm clipping, so the module clips through the FSDP
+    root (the norm over all ranks' shards). Clipping by value is elementwise: Lightning's own."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    by_norm = trainer_kwargs.get("gradient_clip_algorithm") in (None, "norm")
+    if isinstance(strategy, FSDPStrategy) and trainer_kwargs.get("gradient_clip_val") and by_norm:
+        return float(trainer_kwargs.pop("gradient_clip_val"))
+    return None
+
+
 def _fsdp1_mixed_precision(precision: Any):
     """bf16 compute, but gradients reduced in fp32 and buffers kept fp32: Lightning's default for
     bf16-mixed casts buffers too, and a bf16 rotary ``inv_freq`` shifts the positional phases (~1 rad

@@ -106,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tralign.loggers import build_logger
     from tralign.models import build_policy, build_tokenizer
     from tralign.module import AlignmentModule
-    from tralign.strategies import build_strategy, is_sharded
+    from tralign.strategies import build_strategy, is_sharded, take_fsdp1_clip_norm
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -126,14 +126,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_nodes=int(trainer_kwargs.get("num_nodes", 1)),
         precision=trainer_kwargs.get("precision"),
     )
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    fsdp1_clip = None
-    by_norm = trainer_kwargs.get("gradient_clip_algorithm") in (None, "norm")
-    if isinstance(strategy, FSDPStrategy) and trainer_kwargs.get("gradient_clip_val") and by_norm:
-        # Lightning's FSDP precision plugin refuses norm clipping; the module clips through the FSDP
-        # root (the norm over all ranks' shards). Clipping by value is elementwise: Lightning's own.
-        fsdp1_clip = float(trainer_kwargs.pop("gradient_clip_val"))
+    fsdp1_clip = take_fsdp1_clip_norm(strategy, trainer_kwargs)  # the module clips, not Lightning
     schedule = schedule_from(cfg)
     module = AlignmentModule(
         policy,
