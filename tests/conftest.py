@@ -111,3 +111,20 @@ def sigkill_after_checkpoint(
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return target
+
+
+def tiny_neox(seed: int = 0):
+    """A 2-layer, 16-wide GPT-NeoX (vocabulary 32) from a fixed seed, for tests of model plumbing."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return GPTNeoXForCausalLM(config)

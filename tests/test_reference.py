@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_neox
 from torch import nn
 
 import tralign.module as module_mod
@@ -52,21 +53,6 @@ def _randomize_(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def _tiny_neox(seed: int = 0) -> nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    return GPTNeoXForCausalLM(config)
-
-
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -86,7 +72,7 @@ def _assert_params_equal(model: nn.Module, expected: dict[str, torch.Tensor]) ->
 def _pair(kind: str, seed_ref: int = 1, seed_pol: int = 2) -> tuple[nn.Module, nn.Module]:
     if kind == "mlp":
         return _randomize_(_mlp(seed_ref), seed_ref), _randomize_(_mlp(seed_pol), seed_pol)
-    return _tiny_neox(seed_ref), _tiny_neox(seed_pol)
+    return tiny_neox(seed_ref), tiny_neox(seed_pol)
 
 
 KINDS = ["mlp", "neox"]
@@ -284,7 +270,7 @@ def test_name_mismatch_with_equal_shapes_raises():
 def test_neox_architecture_mismatch_raises():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    ref = _tiny_neox()
+    ref = tiny_neox()
     pol = GPTNeoXForCausalLM(
         GPTNeoXConfig(
             vocab_size=32,
@@ -442,7 +428,7 @@ def _pair_batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
 
 def _module(schedule: ReferenceSchedule, *, keep_initial: bool = False):
     return module_mod.AlignmentModule(
-        _tiny_neox(0),
+        tiny_neox(0),
         loss="dpo",
         loss_params={"beta": 0.1, "label_smoothing": 0.0},
         schedule=schedule,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint
+from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint, tiny_neox
 from safetensors.torch import load_file
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
@@ -21,25 +21,11 @@ from tralign.errors import ConfigError
 from tralign.strategies import ShardPlan, build_strategy, decoder_block, strategy_problems
 
 
-def _tiny_neox():
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    return GPTNeoXForCausalLM(config)
-
-
 # --- strategies ----------------------------------------------------------------------------------
 def test_decoder_block_is_found_for_neox_and_llama() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    assert decoder_block(_tiny_neox()).__name__ == "GPTNeoXLayer"
+    assert decoder_block(tiny_neox()).__name__ == "GPTNeoXLayer"
     llama = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=64,
@@ -59,7 +45,7 @@ def test_fsdp_config_builds_lightnings_fsdp_strategy_wrapping_blocks_and_whole_c
     from lightning.pytorch.strategies import FSDPStrategy
 
     cfg = compose_cfg(["trainer=fsdp", "trainer.strategy.activation_checkpointing=true"])
-    model = _tiny_neox()
+    model = tiny_neox()
     strategy, plan = build_strategy(cfg.trainer.strategy, model, devices=8, num_nodes=1)
     assert isinstance(strategy, FSDPStrategy) and plan is None
     units = strategy.kwargs["auto_wrap_policy"]._module_classes
@@ -76,7 +62,7 @@ def test_fsdp2_config_builds_model_parallel_strategy_with_one_data_parallel_grou
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     cfg = compose_cfg(["trainer=fsdp2", "trainer.num_nodes=2"])
-    strategy, plan = build_strategy(cfg.trainer.strategy, _tiny_neox(), devices=4, num_nodes=2)
+    strategy, plan = build_strategy(cfg.trainer.strategy, tiny_neox(), devices=4, num_nodes=2)
     assert isinstance(strategy, ModelParallelStrategy)
     assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (8, 1)
     assert plan == ShardPlan(block=plan.block, param_dtype=torch.bfloat16, reshard_after_forward=True)
@@ -103,7 +89,7 @@ def test_bad_strategy_settings_are_refused_naming_the_key(overrides: list[str], 
 
 def test_plain_strategy_names_pass_through() -> None:
     assert strategy_problems("ddp", "cpu") == []
-    assert build_strategy("auto", _tiny_neox(), devices=1, num_nodes=1) == ("auto", None)
+    assert build_strategy("auto", tiny_neox(), devices=1, num_nodes=1) == ("auto", None)
 
 
 # --- atomic checkpoints --------------------------------------------------------------------------
