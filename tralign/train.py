@@ -97,12 +97,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tralign.models import checkpoint_dtype
 
     setup = effective_setup(cfg, export_dtype=cfg.export.get("dtype") or checkpoint_dtype(cfg.model))
-    log.info(
-        "setup: %s; dtypes: %s",
-        " ".join(f"{k}={v}" for k, v in setup.items() if k != "dtypes"),
-        " ".join(f"{k}={v}" for k, v in setup["dtypes"].items()),
-    )
     import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # once per run, not once per process
+        log.info(
+            "setup: %s; dtypes: %s",
+            " ".join(f"{k}={v}" for k, v in setup.items() if k != "dtypes"),
+            " ".join(f"{k}={v}" for k, v in setup["dtypes"].items()),
+        )
 
     if logging.getLogger().handlers:
         # Hydra already logs to the console and train.log; Lightning's own stderr handler would
