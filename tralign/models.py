@@ -140,6 +140,14 @@ def checkpoint_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
     return _safetensors_dtype(Path(str(source))) or torch.float32
 
 
+SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+}
+
+
 def _safetensors_dtype(folder: Path) -> torch.dtype | None:
     from safetensors import safe_open
 
@@ -157,17 +165,10 @@ def _safetensors_dtype(folder: Path) -> torch.dtype | None:
     return None
 
 
-SAFETENSORS_DTYPES = {
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F64": torch.float64,
-}
-
-
 def save_as(model: PreTrainedModel, path: Path, dtype: torch.dtype) -> None:
     """``model.save_pretrained(path)`` with its floating tensors in ``dtype`` (config.json's ``dtype``
-    says so), leaving the live model as it is: each tensor is cast on its own, on the CPU."""
+    says so), leaving the live model as it is. A different dtype costs one CPU copy of the weights
+    in ``dtype`` (never a second copy on the accelerator)."""
     if model.dtype == dtype:
         model.save_pretrained(path, safe_serialization=True)
         return
