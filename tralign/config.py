@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
+from tralign.dtypes import dtype_problems
 from tralign.errors import ConfigError
 from tralign.losses import LOSSES, check_loss_params
 from tralign.reference import ReferenceSchedule, schedule_problems
@@ -162,6 +163,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"ckpt_path={cfg.ckpt_path}: no such file or folder")
     problems += strategy_problems(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))
     problems += _guard_output_problems(cfg)
+    problems += dtype_problems(cfg)  # model.dtype, model.reference_dtype, export.dtype
     problems += _fuzzed_problems(cfg)
     check_no_secrets(cfg, problems)  # its own error: the value must also be redacted from Hydra's files
     if problems:

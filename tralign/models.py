@@ -3,6 +3,7 @@ small config built from scratch (the embedded default and the tests)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ from transformers import (
 )
 
 from tralign.data.sources import synthetic_task
+from tralign.dtypes import master_dtype, name, reference_dtype
 from tralign.errors import TralignError
+
+__all__ = [
+    "build_policy",
+    "build_tokenizer",
+    "checkpoint_dtype",
+    "master_dtype",
+    "reference_dtype",
+    "save_as",
+]
 
 # Pythia pads its embedding matrix to a multiple of 128 rows (50,277 tokens -> 50,304 rows).
 VOCAB_MULTIPLE = 8
@@ -52,12 +63,19 @@ def build_tokenizer(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -
     return tokenizer
 
 
+def _source(model_cfg: Mapping[str, Any]) -> tuple[Any, str]:
+    """The checkpoint the policy starts from and its config key; ``init_from`` wins."""
+    if model_cfg.get("init_from"):
+        return model_cfg.get("init_from"), "model.init_from"
+    return model_cfg.get("name_or_path"), "model.name_or_path"
+
+
 def build_policy(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The starting policy. ``init_from`` (an earlier run's export) wins over ``name_or_path``."""
+    """The starting policy, its weights in ``model.dtype`` (float32 unless set) whatever the
+    checkpoint stores. ``init_from`` (an earlier run's export) wins over ``name_or_path``."""
     trust = bool(model_cfg.get("trust_remote_code", False))
-    source, key = model_cfg.get("init_from"), "model.init_from"
-    if not source:
-        source, key = model_cfg.get("name_or_path"), "model.name_or_path"
+    dtype = master_dtype(model_cfg)
+    source, key = _source(model_cfg)
     if source:
         if key == "model.init_from" and not Path(str(source)).is_dir():
             raise TralignError(f"model.init_from={source}: no such folder (expected <run dir>/policy)")
@@ -65,11 +83,15 @@ def build_policy(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBas
             config = AutoConfig.from_pretrained(
                 str(source), trust_remote_code=trust, **dict(model_cfg.get("config") or {})
             )
-            model = AutoModelForCausalLM.from_pretrained(str(source), config=config, trust_remote_code=trust)
+            # An explicit dtype: without one transformers 5 keeps the stored dtype (hub Pythia: fp16,
+            # Llama-3: bf16), and fp16/bf16 master weights break or silently stall training at lr 1e-6.
+            model = AutoModelForCausalLM.from_pretrained(
+                str(source), config=config, trust_remote_code=trust, dtype=dtype
+            )
         except (OSError, ValueError) as err:
             raise _load_failed(key, str(source), err) from None
     else:
-        model = _from_scratch(model_cfg, tokenizer)
+        model = _from_scratch(model_cfg, tokenizer).to(dtype)
     if model_cfg.get("gradient_checkpointing"):
         # Non-reentrant: the form FSDP (1 and 2) and frozen inputs work with.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -95,3 +117,73 @@ def _from_scratch(model_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(model_cfg.get("init_seed", 0)))
         return GPTNeoXForCausalLM(config)
+
+
+def checkpoint_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
+    """The dtype the starting checkpoint stores its weights in (``export.dtype``'s default):
+    its config's ``dtype``, else the first floating tensor of a local safetensors file; float32 for
+    a model built from scratch or when neither says."""
+    source, key = _source(model_cfg)
+    if not source:
+        return torch.float32
+    try:
+        config = AutoConfig.from_pretrained(
+            str(source), trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
+        )
+    except (OSError, ValueError) as err:
+        raise _load_failed(key, str(source), err) from None
+    stored = getattr(config, "dtype", None)
+    if isinstance(stored, str) and stored != "auto":
+        stored = getattr(torch, stored, None)
+    if isinstance(stored, torch.dtype):
+        return stored
+    return _safetensors_dtype(Path(str(source))) or torch.float32
+
+
+SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+}
+
+
+def _safetensors_dtype(folder: Path) -> torch.dtype | None:
+    from safetensors import safe_open
+
+    files = [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = [folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]]
+    if not files[0].is_file():
+        return None
+    with safe_open(str(files[0]), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            stored = SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+            if stored is not None:
+                return stored
+    return None
+
+
+def save_as(model: PreTrainedModel, path: Path, dtype: torch.dtype) -> None:
+    """``model.save_pretrained(path)`` with its floating tensors in ``dtype`` (config.json's ``dtype``
+    says so), leaving the live model as it is. A different dtype costs one CPU copy of the weights
+    in ``dtype`` (never a second copy on the accelerator)."""
+    if model.dtype == dtype:
+        model.save_pretrained(path, safe_serialization=True)
+        return
+    cast: dict[tuple, torch.Tensor] = {}  # by storage, so tied weights stay one tensor
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        where = (t.data_ptr(), t.device, tuple(t.shape), t.stride())
+        if where not in cast:
+            cast[where] = t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()
+        return cast[where]
+
+    state = {k: convert(v) for k, v in model.state_dict().items()}
+    model.save_pretrained(path, safe_serialization=True, state_dict=state)
+    # save_pretrained wrote the live model's dtype into config.json: record the saved one.
+    live = model.config.dtype
+    model.config.dtype = name(dtype)
+    model.config.save_pretrained(path)
+    model.config.dtype = live

@@ -21,9 +21,21 @@ from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_model
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy that gradients never train: eval mode (dropout off), requires_grad off."""
-    clone = copy.deepcopy(model)
+def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy that gradients never train: eval mode (dropout off), requires_grad off, its floating
+    weights in ``dtype`` (None: the model's own; ``model.reference_dtype``)."""
+    memo: dict[int, Any] = {}
+    if dtype is not None:
+        # Each parameter is cast as it is copied: no full-precision copy exists on the way to a bf16
+        # one. Tied parameters are one object, so they stay tied.
+        memo = {
+            id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            for p in model.parameters()
+            if p.is_floating_point() and p.dtype != dtype
+        }
+    clone = copy.deepcopy(model, memo)
+    if dtype is not None:
+        clone.to(dtype)  # floating buffers (the parameters are already cast)
     clone.eval()
     clone.requires_grad_(False)
     return clone
@@ -58,6 +70,7 @@ class AlignmentModule(L.LightningModule):
         keep_initial: bool = True,
         shard_plan: ShardPlan | None = None,
         fsdp1_clip_norm: float | None = None,
+        frozen_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.shard_plan = shard_plan
@@ -70,10 +83,13 @@ class AlignmentModule(L.LightningModule):
         self.optim = dict(optim)
         self.max_steps = max_steps
         # Submodules, so checkpoints carry them and strategies place/shard them like the policy.
-        self.reference = frozen_copy(policy) if self.spec.needs_reference else None
+        # frozen_dtype (model.reference_dtype): e.g. a bf16 reference of an fp32 policy.
+        self.reference = frozen_copy(policy, frozen_dtype) if self.spec.needs_reference else None
         # With a frozen reference the reference *is* the starting policy: no third copy needed.
         self.initial = (
-            frozen_copy(policy) if keep_initial and self.reference is not None and schedule.active else None
+            frozen_copy(policy, frozen_dtype)
+            if keep_initial and self.reference is not None and schedule.active
+            else None
         )
         self.ref_updates = 0
         self._seen_step = 0

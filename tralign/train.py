@@ -94,7 +94,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # a run folder means its last checkpoint
     # Unwritable, full, or another run's folder: refuse before anything is built.
     check_output_dir(run_dir, cfg.get("output"), ckpt_path)
+    from tralign.models import checkpoint_dtype
+
+    setup = effective_setup(cfg, export_dtype=cfg.export.get("dtype") or checkpoint_dtype(cfg.model))
     import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # once per run, not once per process
+        log.info(
+            "setup: %s; dtypes: %s",
+            " ".join(f"{k}={v}" for k, v in setup.items() if k != "dtypes"),
+            " ".join(f"{k}={v}" for k, v in setup["dtypes"].items()),
+        )
 
     if logging.getLogger().handlers:
         # Hydra already logs to the console and train.log; Lightning's own stderr handler would
@@ -104,7 +115,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
     from tralign.eval.golden import golden_eval
     from tralign.loggers import build_logger
-    from tralign.models import build_policy, build_tokenizer
+    from tralign.models import build_policy, build_tokenizer, reference_dtype
     from tralign.module import AlignmentModule
     from tralign.strategies import build_strategy, is_sharded, take_fsdp1_clip_norm
 
@@ -138,6 +149,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         keep_initial=bool(cfg.model.keep_initial),
         shard_plan=shard_plan,
         fsdp1_clip_norm=fsdp1_clip,
+        frozen_dtype=reference_dtype(cfg.model),
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -173,6 +185,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "global_batch_size": int(cfg.data.batch_size)
         * int(cfg.trainer.accumulate_grad_batches)
         * trainer.world_size,
+        **setup,
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
         "train": train_metrics,
@@ -182,10 +195,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     policy_whole, reference_whole = wholes["policy"], wholes.get("reference")
     if trainer.is_global_zero:
         if cfg.export.policy:
-            _export(policy_whole, tokenizer, run_dir / "policy")
+            _export(policy_whole, tokenizer, run_dir / "policy", setup["dtypes"]["export"])
             summary["policy_dir"] = str(run_dir / "policy")
         if reference_whole is not None:
-            _export(reference_whole, tokenizer, run_dir / "reference")
+            _export(reference_whole, tokenizer, run_dir / "reference", setup["dtypes"]["export"])
         task = data.split.golden_task
         if task is not None and cfg.data.get("golden_eval"):
             initial = module.initial_model
@@ -234,9 +247,36 @@ def _whole_models(
     return wholes
 
 
-def _export(model: Any, tokenizer: Any, path: Path) -> None:
+def effective_setup(cfg: DictConfig, export_dtype: Any) -> dict[str, Any]:
+    """What this run trains with, as the composed config resolved it (tiny model, task tuning,
+    experiment bundle and command line included): the first log line and part of summary.json."""
+    from tralign.dtypes import compute_dtype, master_dtype, name, parse_dtype, reference_dtype
+
+    master = master_dtype(cfg.model)
+    return {
+        "lr": float(cfg.optim.lr),
+        "warmup_steps": int(cfg.optim.warmup_steps),
+        "gradient_clip_val": cfg.trainer.get("gradient_clip_val"),
+        "beta": float(cfg.beta),
+        "alpha": float(cfg.alpha),
+        "tau": int(cfg.tau),
+        "precision": str(cfg.trainer.precision),
+        "dtypes": {
+            "master": name(master),
+            "reference": name(reference_dtype(cfg.model)),
+            "compute": name(compute_dtype(cfg.trainer, master)),
+            "export": name(parse_dtype(export_dtype)),
+        },
+    }
+
+
+def _export(model: Any, tokenizer: Any, path: Path, dtype: str) -> None:
+    """``model`` and the tokenizer to ``path``, the weights in ``dtype`` (``export.dtype``)."""
+    from tralign.dtypes import parse_dtype
+    from tralign.models import save_as
+
     model.config.use_cache = True  # for whoever generates with the export
-    model.save_pretrained(path, safe_serialization=True)
+    save_as(model, path, parse_dtype(dtype))
     tokenizer.save_pretrained(path)
     model.config.use_cache = False
 
