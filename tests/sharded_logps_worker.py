@@ -59,6 +59,8 @@ class Holder(torch.nn.Module):
 
 
 def _check(run, named_grads, rows, truth, logits_widths) -> dict:
+    from tralign.heads import _PLANS
+
     logps, frozen = run()
     want_logps, want_grads = truth
     grads = named_grads()
@@ -71,6 +73,7 @@ def _check(run, named_grads, rows, truth, logits_widths) -> dict:
         },
         "grad_names": sorted(grads),
         "logits_widths": sorted(set(logits_widths)),  # (rows, width)
+        "plans": [repr(p.logit_map) for p in _PLANS.values()],  # what this run's probe decided
     }
 
 
@@ -87,7 +90,7 @@ def worker(rank: int, world: int, out: str, init: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from tralign.heads import _PLANS
+    from tralign.heads import clear_cache
     from tralign.logprobs import model_sequence_logps
     from tralign.strategies import ShardPlan, decoder_block, shard_model
 
@@ -103,6 +106,7 @@ def worker(rank: int, world: int, out: str, init: str) -> None:
         # with the parameters as stored and gathered in bf16 (trainer=fsdp2's default mixed_precision).
         for name, param_dtype in (("fsdp2", None), ("fsdp2-bf16", torch.bfloat16)):
             widths: list[int] = []
+            clear_cache()  # each setting probes for itself (bf16-gathered weights included)
             model = copy.deepcopy(base)
             shard_model(model, ShardPlan(block=decoder_block(model), param_dtype=param_dtype), mesh)
             model.register_forward_hook(_spy(widths))
@@ -121,6 +125,7 @@ def worker(rank: int, world: int, out: str, init: str) -> None:
 
         # FSDP1: each decoder block and the whole model a unit, use_orig_params, under a root module.
         widths1: list[int] = []
+        clear_cache()
         policy = copy.deepcopy(base)
         policy.register_forward_hook(_spy(widths1))
         root = FSDP(
@@ -142,7 +147,6 @@ def worker(rank: int, world: int, out: str, init: str) -> None:
                 return {n: p.grad.clone() for n, p in _named(root).items()}
 
         report[f"{arch}/fsdp1"] = _check(run1, grads1, rows, truth, widths1)
-    report["plans"] = {k[0].rsplit(".", 1)[-1]: repr(v.logit_map) for k, v in _PLANS.items()}
     Path(out, f"rank{rank}.json").write_text(json.dumps(report, indent=1))
     dist.destroy_process_group()
 

@@ -71,3 +71,30 @@ def arch_batch(vocab: int = 96, seed: int = 0):
     for b, (start, end) in enumerate([(4, 12), (3, 8), (6, 12), (2, 6)]):
         loss_mask[b, start:end] = True
     return input_ids, attention_mask, loss_mask
+
+
+def _compare() -> None:
+    """Print max |model_sequence_logps - sequence_logps(model(...).logits)| per sequence, per arch."""
+    from tralign.logprobs import model_sequence_logps, sequence_logps
+
+    print("arch      fp32-policy  fp32-reference  bf16-autocast-policy")
+    for name in ARCHS:
+        model = tiny_arch(name)
+        ids, am, lm = arch_batch()
+        full = sequence_logps(model(input_ids=ids, attention_mask=am).logits, ids, lm)[0].detach()
+        policy = model_sequence_logps(model, ids, am, lm)[0].detach()
+        with torch.no_grad():
+            reference = model_sequence_logps(model, ids, am, lm)[0]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                full_bf16 = sequence_logps(model(input_ids=ids, attention_mask=am).logits, ids, lm)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            policy_bf16 = model_sequence_logps(model, ids, am, lm)[0].detach()
+        diffs = [
+            float((a - b).abs().max())
+            for a, b in ((full, policy), (full, reference), (full_bf16, policy_bf16))
+        ]
+        print(f"{name:9s} {diffs[0]:11.2e} {diffs[1]:14.2e} {diffs[2]:14.2e}")
+
+
+if __name__ == "__main__":  # PYTHONPATH=<a tralign checkout> python tests/tiny_archs.py
+    _compare()
