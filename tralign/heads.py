@@ -52,10 +52,8 @@ from tralign.logprobs import LogitMap, head_logps, masked_token_logps
 log = logging.getLogger(__name__)
 
 PROBE_TOKENS = 8
-_SMALL, _LARGE = (
-    2.0**-7,
-    1e6,
-)  # where f is linear (slope s; a power of 2, exact in any dtype), where a cap is reached (c)
+_SMALL = 2.0**-7  # where f is linear: its slope s (a power of 2, exact in any dtype)
+_LARGE = 1e6  # where a soft cap c has saturated
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,8 @@ def _swapped_forward(head: nn.Module, forward: Callable[..., Tensor]) -> Iterato
 def _run_with_head(
     model: nn.Module, head: nn.Module, input_ids: Tensor, attention_mask: Tensor, head_forward
 ) -> tuple[Tensor, list]:
-    """The model's forward with ``head_forward(hidden) -> (returned, kept)`` as its head: the model's
-    logits (of ``returned``) and what each head call kept."""
+    """The model's forward with ``head_forward(hidden, calls_so_far) -> (returned, kept)`` as its head:
+    the model's logits (computed from ``returned``) and what each head call kept."""
     kept: list = []
 
     def forward(hidden: Tensor, *args, **kwargs) -> Tensor:

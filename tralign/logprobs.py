@@ -4,6 +4,10 @@ A (B, T, V) log_softmax in float32 is the largest tensor in a preference-trainin
 and plain autograd would keep the upcast copy alive for the backward pass. Here the upcast happens
 ``chunk_size`` batch rows at a time in both the forward and the backward pass, through a small
 custom autograd function, so at most a (chunk_size, T, V) float32 temporary exists at once.
+
+From a model rather than from logits, :func:`model_sequence_logps` applies the LM head (and the
+architecture's :class:`LogitMap`) to completion positions only, chunked (:func:`head_logps`), inside
+the model's own forward; :mod:`tralign.heads` says how, and when it falls back to the full forward.
 """
 
 from __future__ import annotations
