@@ -152,7 +152,9 @@ def _shortcut(
         )
     per_token = kept[0]
     if torch.is_grad_enabled() and logits.requires_grad:
-        # Weight 0, but on the graph: FSDP's pre-backward hooks sit on the forward's outputs.
+        # Weight 0, but on the graph: FSDP's pre-backward hooks (which re-gather the head's weight)
+        # sit on the forward's outputs. Without this the backward reads the freed weight (FSDP2:
+        # "setStorage: ... out of bounds for storage of size 0").
         per_token = per_token + logits.float().sum() * 0.0
     return per_token
 
