@@ -4,10 +4,15 @@ A (B, T, V) log_softmax in float32 is the largest tensor in a preference-trainin
 and plain autograd would keep the upcast copy alive for the backward pass. Here the upcast happens
 ``chunk_size`` batch rows at a time in both the forward and the backward pass, through a small
 custom autograd function, so at most a (chunk_size, T, V) float32 temporary exists at once.
+
+From a model rather than from logits, :func:`model_sequence_logps` applies the LM head (and the
+architecture's :class:`LogitMap`) to completion positions only, chunked (:func:`head_logps`), inside
+the model's own forward; :mod:`tralign.heads` says how, and when it falls back to the full forward.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -91,18 +96,58 @@ def sequence_logps(
         raise ValueError(
             f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
         )
+    per_token = masked_token_logps(logits, input_ids, loss_mask, chunk_size=chunk_size)
+    return per_token.sum(-1), loss_mask[:, 1:].bool().sum(-1).to(torch.float32)
+
+
+def masked_token_logps(
+    logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, chunk_size: int = 8
+) -> Tensor:
+    """``token_logps`` with the positions outside ``loss_mask[:, 1:]`` set to exactly 0: (B, T-1)."""
     mask = loss_mask[:, 1:].bool()
     # Masked targets may be ignore-index values such as -100; point them at a valid id so the
     # gather stays in range. Their log-probs are discarded below.
     safe_ids = torch.where(loss_mask.bool(), input_ids, torch.zeros_like(input_ids))
     per_token = token_logps(logits, safe_ids, chunk_size=chunk_size)
     # where, not multiply: a garbage (inf/NaN) log-prob at a padding position times 0 is NaN.
-    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    return per_token.sum(-1), mask.sum(-1).to(torch.float32)
+    return torch.where(mask, per_token, torch.zeros_like(per_token))
+
+
+@dataclass(frozen=True)
+class LogitMap:
+    """The elementwise map a model applies to its LM head's output before the softmax:
+
+        y = softcap * tanh(scale * x / softcap)     (y = scale * x when softcap is None)
+
+    Granite divides by ``logits_scaling`` (scale = 1 / logits_scaling), Cohere multiplies by
+    ``logit_scale``, Gemma-2/3 soft-cap at ``final_logit_softcapping``; most models apply nothing
+    (the identity, ``LogitMap()``). :mod:`tralign.heads` measures it on the model's own forward.
+    """
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = x * self.scale if self.scale != 1.0 else x
+        return y if self.softcap is None else torch.tanh(y / self.softcap) * self.softcap
+
+    def derivative(self, x: Tensor) -> Tensor:
+        """dy/dx, elementwise."""
+        if self.softcap is None:
+            return torch.full_like(x, self.scale)
+        return (1 - torch.tanh(x * (self.scale / self.softcap)).square()) * self.scale
+
+
+IDENTITY = LogitMap()
 
 
 class _ChunkedHeadLogps(torch.autograd.Function):
-    """log softmax(h @ W.T + b)[target] for M selected positions, ``chunk_size`` rows at a time.
+    """log softmax(f(h @ W.T + b))[target] for M selected positions, ``chunk_size`` rows at a time,
+    f a :class:`LogitMap`.
 
     Neither the forward nor the backward keeps an (M, V) tensor: each chunk's logits are made in
     float32, reduced to a log-prob, and recomputed in the backward pass (one extra head matmul per
@@ -111,7 +156,13 @@ class _ChunkedHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        chunk_size: int,
+        logit_map: LogitMap,
     ) -> Tensor:
         # hidden: (M, H), weight: (V, H), targets: (M,)
         # Under autocast the head's matmuls run in the autocast dtype, forward *and* backward (the
@@ -124,12 +175,13 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
-                logits = torch.nn.functional.linear(h[rows], w, b).float()  # (m, V)
+                logits = logit_map(torch.nn.functional.linear(h[rows], w, b).float())  # (m, V)
                 lse[rows] = torch.logsumexp(logits, dim=-1)
                 out[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = dtype
+        ctx.logit_map = logit_map
         return out
 
     @staticmethod
@@ -137,6 +189,7 @@ class _ChunkedHeadLogps(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         h, w, b = _cast(hidden, weight, bias, ctx.compute_dtype)
+        logit_map: LogitMap = ctx.logit_map
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
@@ -144,11 +197,13 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             g = grad_out[rows].unsqueeze(-1)  # (m, 1)
-            logits = torch.nn.functional.linear(h[rows], w, b).float()
-            grad = (
-                logits.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)
-            )  # d/d logits = g * (1[t] - p), in place
+            raw = torch.nn.functional.linear(h[rows], w, b).float()
+            logits = raw if logit_map.is_identity else logit_map(raw)
+            # d/d logits = g * (1[t] - p), in place
+            grad = logits.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g)
             grad.scatter_add_(-1, targets[rows].unsqueeze(-1), g)
+            if not logit_map.is_identity:  # chain rule through f: d/d raw = d/d logits * f'(raw)
+                grad.mul_(logit_map.derivative(raw))
             grad = grad.to(ctx.compute_dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = grad @ w
@@ -161,30 +216,28 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def _cast(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
     return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
-def head_logps(hidden: Tensor, head: torch.nn.Linear, targets: Tensor, *, chunk_size: int = 512) -> Tensor:
-    """Log-probs (M,) float32 of ``targets`` (M,) under ``head(hidden)`` for hidden (M, H), without
-    materialising the (M, V) logits (chunked, recomputed in the backward pass)."""
+def head_logps(
+    hidden: Tensor,
+    head: torch.nn.Linear,
+    targets: Tensor,
+    *,
+    chunk_size: int = 512,
+    logit_map: LogitMap = IDENTITY,
+) -> Tensor:
+    """Log-probs (M,) float32 of ``targets`` (M,) under ``logit_map(head(hidden))`` for hidden (M, H),
+    without materialising the (M, V) logits (chunked, recomputed in the backward pass).
+
+    ``head``'s weight and bias are read when this is called: inside a sharded model's forward they
+    are the gathered tensors."""
     _check_chunk_size(chunk_size)
-    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets.long(), chunk_size)
-
-
-def _is_sharded(t: Tensor) -> bool:
-    return callable(getattr(t, "to_local", None))  # a DTensor (FSDP2/TP): keep the model's own path
-
-
-def _is_fsdp1(model: torch.nn.Module) -> bool:
-    # FSDP1 gathers a unit's flat parameters in the wrapper's forward: calling the wrapped backbone
-    # and head directly would skip that, so such a model keeps its own forward.
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return isinstance(model, FullyShardedDataParallel)
+    return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets.long(), chunk_size, logit_map)
 
 
 def model_sequence_logps(
@@ -195,34 +248,19 @@ def model_sequence_logps(
     *,
     chunk_size: int = 512,
 ) -> tuple[Tensor, Tensor]:
-    """``sequence_logps`` of a causal LM whose LM head only ever sees the completion positions.
+    """``sequence_logps(model(input_ids, attention_mask).logits, input_ids, loss_mask)``, computed
+    with the LM head applied to completion positions only: (logps, counts), both (N,) float32.
 
-    The backbone (``model.base_model``) runs on the whole (N, T) batch; the LM head then runs on the
-    M positions that predict a completion token (M is typically a third of N·T for dialogue data),
-    ``chunk_size`` rows at a time, so neither the (N, T, V) logits nor the (M, V) logits exist.
-    For a small model the head is most of the FLOPs, so this is most of a step's time too.
-
-    Falls back to the model's full forward (``sequence_logps`` on its logits) when the model has no
-    separate backbone/head or is sharded (a DTensor head, or an FSDP1 wrapper).
+    The model runs its own forward (so a sharded model gathers its parameters as usual, and whatever
+    the architecture does before its head is kept), with the head swapped for the chunked
+    completion-positions-only log-probs; the architecture's logit processing is reproduced, and a
+    model whose forward the shortcut cannot reproduce gets the full forward. See :mod:`tralign.heads`.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    backbone = getattr(model, "base_model", None)
-    if (
-        not isinstance(head, torch.nn.Linear)
-        or backbone is None
-        or backbone is model
-        or _is_sharded(head.weight)
-        or _is_fsdp1(model)
-        or getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    ):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return sequence_logps(logits, input_ids, loss_mask)
+    from tralign.heads import model_token_logps  # heads builds on this module
+
     if loss_mask.shape != input_ids.shape:
         raise ValueError(
             f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
         )
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
-    mask = loss_mask[:, 1:].bool()  # (N, T-1): position t predicts token t + 1
-    selected = head_logps(hidden[:, :-1][mask], head, input_ids[:, 1:][mask], chunk_size=chunk_size)  # (M,)
-    per_token = hidden.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, selected)
-    return per_token.sum(-1), mask.sum(-1).to(torch.float32)
+    per_token = model_token_logps(model, input_ids, attention_mask, loss_mask, chunk_size=chunk_size)
+    return per_token.sum(-1), loss_mask[:, 1:].bool().sum(-1).to(torch.float32)
