@@ -175,6 +175,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         * trainer.world_size,
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
+        "applied_steps": module.applied_steps,
         "train": train_metrics,
         "val": val_metrics,
         **{k: v for k, v in data.stats.items()},
