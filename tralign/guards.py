@@ -6,7 +6,8 @@ policy gradient is set to None before ``optimizer.step()``, so AdamW leaves thos
 learning-rate schedule advances), so ``train/skipped_steps`` says how many of ``global_step`` did not
 move the policy. The guard tells the module (``skip_optimizer_step``), whose τ clock
 (``ref/applied_steps``) counts applied steps only: a skipped step never moves the reference. After
-``guard.max_consecutive_nonfinite`` bad steps in a row (or the first one with ``guard.on_nonfinite=stop``) the run saves a checkpoint of the current state — the last good one,
+``guard.max_consecutive_nonfinite`` bad steps in a row (or the first one with
+``guard.on_nonfinite=stop``) the run saves a checkpoint of the current state — the last good one,
 since bad updates were skipped — and stops with :class:`NonFiniteError` (exit code 3). Before the
 reference moves, the policy's weights are checked too: a non-finite policy is never mixed into it.
 
