@@ -147,8 +147,9 @@ def test_kto_pair_hand_computed_clamp_active() -> None:
     # r_w = [1, 3], r_l = [-2, -4]: mean(r_l) = -3 -> z_w = 0 (clamped); mean(r_w) = 2 -> z_l = 2.
     beta = 0.5
     out = kto_pair_loss(t(0.0, 2.0), t(-3.0, -5.0), t(-1.0, -1.0), t(-1.0, -1.0), beta=beta)
+    # Each pair's loss is the mean of its two terms (the authors' scale).
     expected = [
-        (1 - sigmoid(beta * (r_w - 0.0))) + (1 - sigmoid(beta * (2.0 - r_l)))
+        ((1 - sigmoid(beta * (r_w - 0.0))) + (1 - sigmoid(beta * (2.0 - r_l)))) / 2
         for r_w, r_l in [(1.0, -2.0), (3.0, -4.0)]
     ]
     close(out.losses, expected)
@@ -169,7 +170,7 @@ def test_kto_pair_hand_computed_clamp_inactive_and_weights() -> None:
         undesirable_weight=lam_u,
     )
     expected = [
-        lam_d * (1 - sigmoid(beta * (r_w - 3.0))) + lam_u * (1 - sigmoid(beta * (0.0 - r_l)))
+        (lam_d * (1 - sigmoid(beta * (r_w - 3.0))) + lam_u * (1 - sigmoid(beta * (0.0 - r_l)))) / 2
         for r_w, r_l in [(1.0, 2.0), (-3.0, 4.0)]
     ]
     close(out.losses, expected)
@@ -183,13 +184,14 @@ def test_kto_pair_reference_point_is_detached() -> None:
 
     # r_w = [1, 3], r_l = [1, 3]; z_w = z_l = 2, both clamps inactive so a gradient through z would
     # show up as cross-row terms. Treating z as a constant:
-    # dL_i/dpc_i = -beta * s(1-s) with s = sigma(beta*(r_w_i - z_w)); no cross-row terms.
-    # dL_i/dpr_i = +beta * s(1-s) with s = sigma(beta*(z_l - r_l_i)).
+    # dL_i/dpc_i = -beta/2 * s(1-s) with s = sigma(beta*(r_w_i - z_w)); no cross-row terms.
+    # dL_i/dpr_i = +beta/2 * s(1-s) with s = sigma(beta*(z_l - r_l_i)). (The 1/2: L_i is the mean
+    # of the pair's two terms.)
     def ds(x: float) -> float:
         return sigmoid(x) * (1 - sigmoid(x))
 
-    expected_pc = [-beta * ds(beta * (r - 2.0)) for r in (1.0, 3.0)]
-    expected_pr = [beta * ds(beta * (2.0 - r)) for r in (1.0, 3.0)]
+    expected_pc = [-beta / 2 * ds(beta * (r - 2.0)) for r in (1.0, 3.0)]
+    expected_pr = [beta / 2 * ds(beta * (2.0 - r)) for r in (1.0, 3.0)]
     close(pc.grad, expected_pc)
     close(pr.grad, expected_pr)
 
@@ -206,10 +208,51 @@ def test_kto_pair_uses_kl_mean_hook() -> None:
     out = kto_pair_loss(*args, beta=beta, kl_mean=fake_global_mean)
     assert len(calls) == 2 and all(not c.requires_grad for c in calls)
     # Hook: z_w = z_l = 1 -> (1 - sigma(beta*(1-1))) + (1 - sigma(beta*(1+1)))
-    close(out.losses, [(1 - sigmoid(0.0)) + (1 - sigmoid(2 * beta))])
+    close(out.losses, [((1 - sigmoid(0.0)) + (1 - sigmoid(2 * beta))) / 2])
     # Default batch mean: z_w = max(0, -1) = 0, z_l = 1 -> a different value.
     default = kto_pair_loss(*args, beta=beta).losses
-    close(default, [(1 - sigmoid(beta)) + (1 - sigmoid(2 * beta))])
+    close(default, [((1 - sigmoid(beta)) + (1 - sigmoid(2 * beta))) / 2])
+
+
+def authors_kto_pair_batch_loss(
+    pc: torch.Tensor,
+    pr: torch.Tensor,
+    rc: torch.Tensor,
+    rr: torch.Tensor,
+    beta: float,
+    lam_d: float,
+    lam_u: float,
+) -> torch.Tensor:
+    """An independent transcription of the KTO authors' paired loss (HALOs; TRL's former
+    ``loss_type="kto_pair"``): concatenate the B desirable and B undesirable terms, each with the
+    other half's detached, clamped KL estimate, and average over all 2B of them."""
+    chosen_kl = (pc - rc).detach().mean().clamp(min=0)
+    rejected_kl = (pr - rr).detach().mean().clamp(min=0)
+    terms = torch.cat(
+        (
+            lam_d * (1 - torch.sigmoid(beta * ((pc - rc) - rejected_kl))),
+            lam_u * (1 - torch.sigmoid(beta * (chosen_kl - (pr - rr)))),
+        )
+    )
+    return terms.mean()
+
+
+@pytest.mark.parametrize("lam_d, lam_u", [(1.0, 1.0), (1.5, 0.7)])
+def test_kto_pair_is_on_the_authors_scale(lam_d: float, lam_u: float) -> None:
+    # The batch loss the module optimises (the mean of the per-pair losses) and its gradients
+    # equal the authors' mean over 2B terms, not twice it.
+    gen = torch.Generator().manual_seed(0)
+    b, beta = 6, 0.3
+    pc, pr, rc, rr = (-5 + 3 * torch.randn(b, generator=gen, dtype=torch.float64) for _ in range(4))
+    ours_in = [x.clone().requires_grad_() for x in (pc, pr)]
+    theirs_in = [x.clone().requires_grad_() for x in (pc, pr)]
+    ours = kto_pair_loss(*ours_in, rc, rr, beta=beta, desirable_weight=lam_d, undesirable_weight=lam_u)
+    theirs = authors_kto_pair_batch_loss(*theirs_in, rc, rr, beta, lam_d, lam_u)
+    ours.losses.mean().backward()
+    theirs.backward()
+    torch.testing.assert_close(ours.losses.mean(), theirs.detach())
+    for mine, ref in zip(ours_in, theirs_in, strict=True):
+        torch.testing.assert_close(mine.grad, ref.grad)
 
 
 # --------------------------------------------------------------------------------- KTO unpaired

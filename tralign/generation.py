@@ -1,5 +1,8 @@
 """Batched sampling from a causal LM for held-out prompts (left padding, stop at EOS), and the
-log-probability of given completions under a model (for KL estimates from samples)."""
+log-probability of given completions under a model (for KL estimates from samples).
+
+Prompts are encoded by :func:`tralign.data.tokenize.encode_prompts`, the encoding training uses,
+so a prompt's ids here are the ids the policy was trained on (the same BOS, once)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from tralign.data.collate import SFTCollator
+from tralign.data.tokenize import encode_prompts
 from tralign.logprobs import sequence_logps
 
 
@@ -41,38 +45,42 @@ def sample(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right
+    pad = tokenizer.pad_token_id
     prompt_ids: list[list[int]] = []
     completion_ids: list[list[int]] = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start : start + batch_size])
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                chunk = encode_prompts(tokenizer, prompts[start : start + batch_size])
+                input_ids, attention_mask = _left_pad(chunk, pad)
                 out = model.generate(
-                    **enc,
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
                     do_sample=temperature > 0,
                     temperature=temperature if temperature > 0 else None,
                     top_p=top_p,
                     top_k=0,
                     max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
+                    pad_token_id=pad,
                     eos_token_id=tokenizer.eos_token_id,
                     use_cache=True,
                 )
-                width = enc["input_ids"].shape[1]
-                for row, mask, generated in zip(
-                    enc["input_ids"], enc["attention_mask"], out[:, width:], strict=True
-                ):
-                    prompt_ids.append(row[mask.bool()].tolist())
+                for ids, generated in zip(chunk, out[:, input_ids.shape[1] :], strict=True):
+                    prompt_ids.append(ids)
                     completion_ids.append(_until_eos(generated.tolist(), tokenizer.eos_token_id))
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Samples(prompt_ids, completion_ids, texts)
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask), each (B, T), padded on the left: generation appends on the right."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return input_ids, attention_mask
 
 
 def _until_eos(ids: list[int], eos: int) -> list[int]:

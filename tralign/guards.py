@@ -4,7 +4,9 @@
 policy gradient is set to None before ``optimizer.step()``, so AdamW leaves those parameters alone
 (no moment update, no weight decay). Lightning still counts the step in ``global_step`` (and the
 learning-rate schedule advances), so ``train/skipped_steps`` says how many of ``global_step`` did not
-move the policy. After ``guard.max_consecutive_nonfinite`` bad steps in a row (or the first one with
+move the policy. The guard tells the module (``skip_optimizer_step``), whose τ clock
+(``ref/applied_steps``) counts applied steps only: a skipped step never moves the reference. After
+``guard.max_consecutive_nonfinite`` bad steps in a row (or the first one with
 ``guard.on_nonfinite=stop``) the run saves a checkpoint of the current state — the last good one,
 since bad updates were skipped — and stops with :class:`NonFiniteError` (exit code 3). Before the
 reference moves, the policy's weights are checked too: a non-finite policy is never mixed into it.
@@ -159,6 +161,9 @@ class NonFiniteGuard(L.Callback):
             return
         for p in params:
             p.grad = None  # AdamW skips parameters without a gradient: the policy does not move
+        skip = getattr(pl_module, "skip_optimizer_step", None)
+        if skip is not None:
+            skip()  # the module's τ clock counts applied steps only
         self.skipped += 1
         self.consecutive += 1
         step = trainer.global_step + 1
@@ -182,18 +187,14 @@ class NonFiniteGuard(L.Callback):
             return  # mid gradient accumulation: no optimizer step yet
         self._seen_step = step
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
-        schedule = getattr(pl_module, "schedule", None)
-        if (
-            schedule is not None
-            and getattr(pl_module, "reference", None) is not None
-            and schedule.is_update_step(step)
-            and _any_rank(not all_finite(list(_policy(pl_module).parameters())), pl_module.device)
+        if getattr(pl_module, "reference_update_due", False) and _any_rank(
+            not all_finite(list(_policy(pl_module).parameters())), pl_module.device
         ):
             # This callback runs before the module's reference update (trainer callbacks come
             # first): a policy that went non-finite despite finite gradients stops the run here.
             why = f"the policy's weights are non-finite after optimizer step {step}"
             _coordinated_exit(trainer)
-            _write_summary(trainer, "stopped", error=why, skipped_steps=self.skipped)
+            _write_summary(trainer, "stopped", error=why, skipped_steps=self.skipped, **_applied(pl_module))
             raise NonFiniteError(
                 f"{why}; the reference was not updated; resume from an earlier checkpoint in "
                 f"{_run_dir(trainer) / 'checkpoints'} with a lower optim.lr"
@@ -204,8 +205,21 @@ class NonFiniteGuard(L.Callback):
             if hasattr(pl_module, "step_reference"):
                 pl_module.step_reference()  # the checkpoint holds this step's reference, as on resume
             path = _save(trainer, f"nonfinite-step{step}.ckpt")
-            _write_summary(trainer, "stopped", error=why, checkpoint=str(path), skipped_steps=self.skipped)
+            _write_summary(
+                trainer,
+                "stopped",
+                error=why,
+                checkpoint=str(path),
+                skipped_steps=self.skipped,
+                **_applied(pl_module),
+            )
             raise NonFiniteError(f"{why}; the last good state is saved in {path}")
+
+
+def _applied(pl_module: L.LightningModule) -> dict[str, int]:
+    """summary.json's ``applied_steps`` (the optimizer steps that moved the policy), if counted."""
+    steps = getattr(pl_module, "applied_steps", None)
+    return {} if steps is None else {"applied_steps": int(steps)}
 
 
 class PreemptionCheckpoint(L.Callback):

@@ -92,7 +92,12 @@ class AlignmentModule(L.LightningModule):
             else None
         )
         self.ref_updates = 0
+        # τ counts *applied* optimizer steps: a step the non-finite guard skips leaves the policy
+        # unchanged, and counting it would mix the same policy into the reference again.
+        self.applied_steps = 0
         self._seen_step = 0
+        self._step_skipped = False  # set by skip_optimizer_step during the current optimizer step
+        self._last_step_applied = False
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp2``: shard the policy and its frozen copies the same way, so the
@@ -233,6 +238,31 @@ class AlignmentModule(L.LightningModule):
         # step N's update and a resumed run would diverge. step_reference is idempotent.
         return [_ReferenceBeforeCheckpoint()]
 
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        # The guard's verdict on this step arrives inside the call (on_before_optimizer_step runs
+        # after the closure's backward), so by the time it returns we know whether it applied.
+        self._step_skipped = False
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._last_step_applied = not self._step_skipped
+        self.applied_steps += int(self._last_step_applied)
+
+    def skip_optimizer_step(self) -> None:
+        """Told by ``NonFiniteGuard`` that it discarded the current optimizer step's gradients: the
+        step does not count toward τ and moves no reference."""
+        self._step_skipped = True
+
+    @property
+    def reference_update_due(self) -> bool:
+        """Whether the optimizer step that just finished moves the reference: it was applied and it
+        completes a multiple of τ *applied* steps."""
+        return (
+            self.reference is not None
+            and self._last_step_applied
+            and self.schedule.is_update_step(self.applied_steps)
+        )
+
     def step_reference(self) -> None:
         """Move the reference if the optimizer step just finished is an update step.
 
@@ -243,10 +273,11 @@ class AlignmentModule(L.LightningModule):
         if step == self._seen_step:
             return
         self._seen_step = step
-        if self.reference is not None and self.schedule.is_update_step(step):
+        if self.reference_update_due:
             update_reference_(self.reference, self.policy, self.schedule.alpha)
             self.ref_updates += 1
         self.log("ref/updates", float(self.ref_updates), on_step=True, on_epoch=False, batch_size=1)
+        self.log("ref/applied_steps", float(self.applied_steps), on_step=True, on_epoch=False, batch_size=1)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         if self.reference is None:
@@ -314,10 +345,13 @@ class AlignmentModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tralign"] = {"ref_updates": self.ref_updates}
+        checkpoint["tralign"] = {"ref_updates": self.ref_updates, "applied_steps": self.applied_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.ref_updates = int(checkpoint.get("tralign", {}).get("ref_updates", 0))
+        state = checkpoint.get("tralign", {})
+        self.ref_updates = int(state.get("ref_updates", 0))
+        # Checkpoints from before the applied-step clock counted every step toward τ.
+        self.applied_steps = int(state.get("applied_steps", checkpoint.get("global_step", 0)))
 
 
 class _ReferenceBeforeCheckpoint(L.Callback):

@@ -33,8 +33,9 @@ PRESETS: dict[str, dict[str, float | int]] = {
 class ReferenceSchedule:
     """When and how strongly the reference moves.
 
-    ``tau`` counts optimizer steps (after gradient accumulation). The first update happens after
-    optimizer step ``tau`` (not at step 0), then after ``2·tau`` and so on.
+    ``tau`` counts *applied* optimizer steps (after gradient accumulation; a step the non-finite
+    guard skips does not count). The first update happens after applied step ``tau`` (not at
+    step 0), then after ``2·tau`` and so on.
     """
 
     mode: RefUpdateMode = "none"

@@ -188,6 +188,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **setup,
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
+        "applied_steps": module.applied_steps,
         "train": train_metrics,
         "val": val_metrics,
         **{k: v for k, v in data.stats.items()},

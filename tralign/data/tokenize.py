@@ -5,9 +5,18 @@ Policy: the prompt keeps its *end* (the most recent turns matter most), at most
 after the prompt. The completion gets the tokenizer's EOS appended before truncation, so a
 completion that fits ends in EOS and one that does not is cut (and counted as truncated).
 
-An empty prompt (or one that tokenises to nothing) becomes one token, the tokenizer's BOS (EOS
-when it has none): position 0 of a sequence is never scored (nothing predicts it), so without a
-prompt token the completion's first token would never train.
+Special tokens. A prompt starts with the special tokens the tokenizer's own call puts before a text
+(:func:`special_prefix`: ``[BOS]`` for Llama-3, nothing for Pythia), exactly once: a prompt whose
+text already starts with them (a chat template that writes ``{{ bos_token }}``) gets none added. The
+tokenizer's suffix tokens (an EOS some tokenizers append) are never added to a prompt, since the
+completion continues it. :func:`encode_prompts` is the one prompt encoding: training (here),
+generation and evaluation (``tralign.generation.sample``) all use it, so they see the same ids.
+Truncation keeps those leading special tokens and the prompt's end.
+
+An empty prompt (or one that tokenises to nothing) becomes the prefix, or, for a tokenizer that
+adds none, one token, the tokenizer's BOS (EOS when it has none): position 0 of a sequence is never
+scored (nothing predicts it), so without a prompt token the completion's first token would never
+train.
 
 Because ``max_prompt_length < max_length``, every completion keeps at least one token: a prompt
 can never leave "no room". A completion can still carry nothing of its own (its text tokenises to
@@ -24,10 +33,13 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from tralign.errors import TralignError
+
 Mode = Literal["pair", "sft", "unpaired"]
 MODES: tuple[Mode, ...] = ("pair", "sft", "unpaired")
 # Bump when the encoding below changes: it is part of the tokenised-data cache key.
-ENCODING_VERSION = 2  # 2: an empty prompt is [BOS] (or [EOS])
+# 2: an empty prompt is [BOS] (or [EOS]); 3: prompts start with the tokenizer's own special prefix
+ENCODING_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -47,18 +59,65 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def start_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The one token an empty prompt becomes: BOS, else EOS (a document boundary either way)."""
+    """The one token an empty prompt becomes when the tokenizer adds no prefix: BOS, else EOS (a
+    document boundary either way)."""
     bos = tokenizer.bos_token_id
     return tokenizer.eos_token_id if bos is None else bos
 
 
+def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens ``tokenizer(text)`` puts before ``text``'s own tokens: ``[BOS]`` for
+    Llama-3 (or any post-processor that writes BOS), ``[]`` for Pythia.
+
+    Read off the tokenizer's own call on a one-token probe (the first ordinary vocabulary entry),
+    so it follows whatever the tokenizer does (post-processor, ``add_bos_token``) without knowing
+    the model family.
+    """
+    special = set(tokenizer.all_special_ids)
+    ordinary = (i for i in range(len(tokenizer)) if i not in special)
+    for _, probe_id in zip(range(64), ordinary, strict=False):
+        probe = tokenizer.decode([probe_id])
+        plain = _ids(tokenizer, probe)
+        if not probe or not plain or special.intersection(plain):
+            continue
+        full = tokenizer(probe)["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start]
+    raise TralignError(
+        "model.tokenizer: cannot tell which special tokens the tokenizer adds before a text "
+        "(no ordinary token encodes to itself)"
+    )
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """The prompt encoding used by training, generation and evaluation: each text's tokens after
+    the tokenizer's :func:`special_prefix`, exactly once (a text that already starts with it, as a
+    chat template writing BOS does, gets none added); an empty result becomes ``[start_id]``."""
+    prefix = special_prefix(tokenizer)
+    start = [start_id(tokenizer)]
+    return [_with_prefix(ids, prefix) or start for ids in _batch_ids(tokenizer, texts)]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """:func:`encode_prompts` for one text."""
+    return encode_prompts(tokenizer, [text])[0]
+
+
+def _with_prefix(ids: list[int], prefix: list[int]) -> list[int]:
+    return ids if ids[: len(prefix)] == prefix else prefix + ids
+
+
 def truncate(
-    prompt_ids: list[int], completions: Sequence[list[int]], lengths: Lengths
+    prompt_ids: list[int], completions: Sequence[list[int]], lengths: Lengths, *, keep: int = 0
 ) -> tuple[list[int], list[list[int]], bool]:
-    """The policy on ids: keep the prompt's end, then each completion's start (EOS already appended)."""
+    """The policy on ids: keep the prompt's first ``keep`` tokens (its special prefix) and its end,
+    then each completion's start (EOS already appended)."""
     truncated = len(prompt_ids) > lengths.max_prompt_length
     if truncated:
-        prompt_ids = prompt_ids[-lengths.max_prompt_length :]
+        head = min(keep, lengths.max_prompt_length)
+        tail = lengths.max_prompt_length - head
+        prompt_ids = prompt_ids[:head] + (prompt_ids[-tail:] if tail else [])
     room = lengths.max_length - len(prompt_ids)  # >= 1: max_prompt_length < max_length
     out = []
     for ids in completions:
@@ -78,8 +137,14 @@ def encode_prompt_completions(
     sides of a pair see exactly the same prompt tokens.
     """
     eos = tokenizer.eos_token_id
-    prompt_ids = _ids(tokenizer, prompt) or [start_id(tokenizer)]
-    return truncate(prompt_ids, [_ids(tokenizer, c) + [eos] for c in completions], lengths)
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    keep = _kept(prompt_ids, special_prefix(tokenizer))
+    return truncate(prompt_ids, [_ids(tokenizer, c) + [eos] for c in completions], lengths, keep=keep)
+
+
+def _kept(prompt_ids: list[int], prefix: list[int]) -> int:
+    """How many leading tokens truncation must keep: the special prefix, where the prompt has it."""
+    return len(prefix) if prefix and prompt_ids[: len(prefix)] == prefix else 0
 
 
 def completion_fields(mode: Mode, columns: Sequence[str]) -> tuple[str, ...]:
@@ -139,15 +204,17 @@ def encode_columns(
     """
     sides = completion_fields(mode, list(columns))
     eos = tokenizer.eos_token_id
-    raw_prompts = _batch_ids(tokenizer, columns["prompt"])
+    prefix = special_prefix(tokenizer)
+    raw_prompts = encode_prompts(tokenizer, columns["prompt"])
     raw = {side: _batch_ids(tokenizer, columns[side]) for side in sides}
     out: dict[str, list[Any]] = {f: [] for f in example_fields(mode)}
     out.update({"truncated": [], "problem": [], "length": [], "raw_prompt": []})
     out.update({f"raw_{side}": [] for side in sides})
-    start = [start_id(tokenizer)]
     for i, prompt in enumerate(raw_prompts):
         completions = [raw[s][i] + [eos] for s in sides]
-        prompt_ids, completions, truncated = truncate(prompt or start, completions, lengths)
+        prompt_ids, completions, truncated = truncate(
+            prompt, completions, lengths, keep=_kept(prompt, prefix)
+        )
         out["prompt_ids"].append(prompt_ids)
         for side, ids in zip(sides, completions, strict=True):
             out["completion_ids" if mode != "pair" else f"{side}_ids"].append(ids)

@@ -2,7 +2,7 @@
 
 Generations are cached under ``<cache_dir>/generations/<key>.jsonl``, the key a sha256 of the model
 folder (resolved path, and name, size and mtime of each weight/config file, so a new export into
-the same folder is sampled afresh), the prompts and every sampling setting (seed included).
+the same folder is sampled afresh), the prompts, every sampling setting (seed included) and the prompt encoding's version.
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ def generate(
     from tralign.generation import sample
 
     settings = {k: gen_cfg[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")}
-    key = json.dumps([fingerprint(path), list(prompts), settings, list(markers)], sort_keys=True)
+    from tralign.data.tokenize import ENCODING_VERSION
+
+    # The prompt encoding's version too: samples drawn from differently encoded prompts are stale.
+    what = [fingerprint(path), list(prompts), settings, list(markers), ENCODING_VERSION]
+    key = json.dumps(what, sort_keys=True)
     file = cache_dir / "generations" / (hashlib.sha256(key.encode()).hexdigest() + ".jsonl")
     if file.is_file():
         return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]

@@ -19,16 +19,23 @@ def kto_pair_loss(
     undesirable_weight: float = 1.0,
     kl_mean: MeanFn | None = None,
 ) -> LossOutput:
-    """Per-example KTO loss on paired data ("KTO-pair", as in the KTO authors' library).
+    """Per-example KTO loss on paired data ("KTO-pair"), on the KTO authors' scale.
 
     r_w = pc - rc,  r_l = pr - rr
     z_w = stopgrad(max(0, mean_batch(r_l))),  z_l = stopgrad(max(0, mean_batch(r_w)))
-    L = lambda_D * (1 - sigma(beta * (r_w - z_w))) + lambda_U * (1 - sigma(beta * (z_l - r_l)))
+    L = (lambda_D * (1 - sigma(beta * (r_w - z_w))) + lambda_U * (1 - sigma(beta * (z_l - r_l)))) / 2
 
     The chosen answer is desirable and the rejected one undesirable; each side's reference point
     is a batch KL estimate taken from the *other* side. ``kl_mean`` replaces ``torch.mean`` for
     those batch means (pass an all-reduce mean under distributed training so z covers the global
     batch). Rewards are beta * r_w and beta * r_l, detached.
+
+    Normalisation. A batch of B pairs holds 2B KTO terms (B desirable, B undesirable). The authors'
+    library (HALOs) and TRL's former ``loss_type="kto_pair"`` average over those 2B terms; summing
+    the two terms of a pair instead (``mean_B(term_w + term_l)``) is exactly twice that, which
+    doubles every gradient, so a clip norm of 2 acts like 1 in their setup and their beta does not
+    transfer. We use their normalisation: the per-pair loss is the *mean* of its two terms, so
+    ``mean_B(L) == mean_2B(terms)``.
     """
     check_batch(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     mean = torch.mean if kl_mean is None else kl_mean
@@ -39,9 +46,9 @@ def kto_pair_loss(
     # an all-reduce) never sees a graph.
     chosen_kl = mean(rejected_logratios.detach()).clamp(min=0)
     rejected_kl = mean(chosen_logratios.detach()).clamp(min=0)
-    losses = desirable_weight * (1.0 - torch.sigmoid(beta * (chosen_logratios - chosen_kl))) + (
-        undesirable_weight * (1.0 - torch.sigmoid(beta * (rejected_kl - rejected_logratios)))
-    )
+    desirable = desirable_weight * (1.0 - torch.sigmoid(beta * (chosen_logratios - chosen_kl)))
+    undesirable = undesirable_weight * (1.0 - torch.sigmoid(beta * (rejected_kl - rejected_logratios)))
+    losses = 0.5 * (desirable + undesirable)  # the mean of the pair's two terms, as the authors do
     return LossOutput(
         losses=losses,
         chosen_rewards=(beta * chosen_logratios).detach(),
