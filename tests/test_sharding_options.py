@@ -132,8 +132,16 @@ def launch_options(tmp_path: Path, options: dict[str, list[str]], *, ranks: int)
 
 def assert_reference_moved(results: dict[str, list[dict]]) -> None:
     """Every option: a gap of 0 after every update on every rank, and rewards of 0 at the end."""
-    report = {name: [[round(g, 4) for _, g in r["gaps"]] for r in ranks] for name, ranks in results.items()}
+    report = {
+        name: [[float(f"{g:.3g}") for _, g in r["gaps"]] for r in ranks] for name, ranks in results.items()
+    }
     print(json.dumps(report))  # the gap after each update, per option and rank (pytest -s)
+    rewards = {
+        name: {k: ranks[0]["val"][f"val/rewards/{k}"] for k in ("chosen", "rejected", "margins")}
+        for name, ranks in results.items()
+        if "val" in ranks[0]
+    }
+    print(json.dumps(rewards))  # the final validation's rewards (rank 0; the ranks agree: sync_dist)
     failed = {}
     for name, ranks in results.items():
         for rank, result in enumerate(ranks):
