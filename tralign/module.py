@@ -101,14 +101,16 @@ class AlignmentModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp2``: shard the policy and its frozen copies the same way, so the
-        reference update pairs each rank's local shards (Lightning calls this once the process
-        group and device mesh exist, before the optimizer is built; again for later stages)."""
+        reference update pairs each rank's local shards; the frozen copies always reshard after
+        forward (Lightning calls this once the process group and device mesh exist, before the
+        optimizer is built; again for later stages)."""
         if self.shard_plan is None or is_sharded(self.policy):
             return
         mesh = self.device_mesh["data_parallel"]
-        for model in (self.policy, self.reference, self.initial):
-            if model is not None:
-                shard_model(model, self.shard_plan, mesh)
+        shard_model(self.policy, self.shard_plan, mesh)
+        for frozen in (self.reference, self.initial):
+            if frozen is not None:  # resharded after every forward: see tralign.strategies
+                shard_model(frozen, self.shard_plan.frozen(), mesh)
 
     # --- frozen copies stay in eval mode whatever Lightning does to the module ---------------
     def train(self, mode: bool = True) -> AlignmentModule:

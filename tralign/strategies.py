@@ -12,6 +12,13 @@ through as it is, or a mapping with ``name``:
   a ``DTensor`` sharded on dim 0 over the data-parallel mesh, identically for the three copies.
   Runs on CPU with gloo too, which is how the tests cover the sharded path.
 
+The frozen copies (reference, starting policy) always free their gathered parameters after each
+forward, whatever the policy does: the reference update writes the local shards in place, and a
+forward that reused parameters gathered before the update would read the old weights (FSDP1
+``SHARD_GRAD_OP``) or hand the update whole tensors instead of shards (FSDP2
+``reshard_after_forward: false``). They take no gradients, so keeping them gathered until a backward
+saves nothing. Same process groups and layout as the policy, so the shards still line up.
+
 Nothing here runs at import time of the training loop; :func:`build_strategy` is called once the
 policy exists (the wrap policy needs its decoder-block class).
 """
@@ -19,7 +26,7 @@ policy exists (the wrap policy needs its decoder-block class).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -53,6 +60,10 @@ class ShardPlan:
     block: type[nn.Module]
     param_dtype: torch.dtype | None = None  # compute dtype of the gathered parameters (None: as stored)
     reshard_after_forward: bool = True
+
+    def frozen(self) -> ShardPlan:
+        """The plan of the frozen copies: the same shards, always resharded after forward."""
+        return replace(self, reshard_after_forward=True)
 
 
 # Lightning's own names for sharded strategies: as plain strings they would wrap the LightningModule
@@ -123,11 +134,12 @@ def build_strategy(
         from lightning.pytorch.strategies import FSDPStrategy
 
         units = {block, type(policy)}  # each whole copy is a unit: identical shards for policy and reference
+        sharding = options.get("sharding_strategy", "FULL_SHARD")
         return (
             FSDPStrategy(
-                auto_wrap_policy=units,
+                auto_wrap_policy=_fsdp1_wrap_policy(units, sharding),
                 activation_checkpointing_policy={block} if options.get("activation_checkpointing") else None,
-                sharding_strategy=options.get("sharding_strategy", "FULL_SHARD"),
+                sharding_strategy=sharding,
                 state_dict_type=options.get("state_dict_type", "sharded"),
                 cpu_offload=bool(options.get("cpu_offload", False)),
                 limit_all_gathers=bool(options.get("limit_all_gathers", True)),
@@ -166,6 +178,31 @@ def take_fsdp1_clip_norm(strategy: Any, trainer_kwargs: dict[str, Any]) -> float
     if isinstance(strategy, FSDPStrategy) and trainer_kwargs.get("gradient_clip_val") and by_norm:
         return float(trainer_kwargs.pop("gradient_clip_val"))
     return None
+
+
+# FSDP1 strategies that keep the gathered parameters from the forward to the backward, and their
+# variant that frees them after the forward (same process groups, same flat shards).
+_RESHARD_AFTER_FORWARD = {"SHARD_GRAD_OP": "FULL_SHARD"}
+
+
+def _fsdp1_wrap_policy(units: set[type[nn.Module]], sharding: str) -> Any:
+    """Wrap every module of the classes ``units``. Under ``SHARD_GRAD_OP`` the units of the frozen
+    copies (no parameter takes gradients) are ``FULL_SHARD`` instead: FSDP1 keeps a no-grad
+    forward's gathered parameters until a backward that never comes, so the next forward would reuse
+    them and never see the reference update written into the local shards."""
+    if sharding not in _RESHARD_AFTER_FORWARD:
+        return units
+    from torch.distributed.fsdp import ShardingStrategy
+    from torch.distributed.fsdp.wrap import CustomPolicy
+
+    frozen = {"sharding_strategy": ShardingStrategy[_RESHARD_AFTER_FORWARD[sharding]]}
+
+    def wrap(module: nn.Module) -> bool | dict[str, Any]:
+        if not isinstance(module, tuple(units)):
+            return False
+        return frozen if not any(p.requires_grad for p in module.parameters()) else True
+
+    return CustomPolicy(wrap)
 
 
 def _fsdp1_mixed_precision(precision: Any):
