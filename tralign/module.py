@@ -15,15 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from tralign.data.collate import pad_fraction
+from tralign.loading import DeferredWeights, copy_local_shards_, load_policy_, materialize_meta_, meta_copy
 from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_model
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy that gradients never train: eval mode (dropout off), requires_grad off."""
-    clone = copy.deepcopy(model)
+def frozen_copy(model: nn.Module, *, empty: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy that gradients never train: eval mode (dropout off), requires_grad off. ``empty``:
+    parameters on the meta device (in ``dtype``), filled once sharded (see tralign.loading)."""
+    clone = meta_copy(model, dtype) if empty else copy.deepcopy(model)
     clone.eval()
     clone.requires_grad_(False)
     return clone
@@ -58,8 +60,10 @@ class AlignmentModule(L.LightningModule):
         keep_initial: bool = True,
         shard_plan: ShardPlan | None = None,
         fsdp1_clip_norm: float | None = None,
+        deferred: DeferredWeights | None = None,
     ):
         super().__init__()
+        self.deferred = deferred  # fsdp/fsdp2: weights arrive once sharded (configure_model/on_fit_start)
         self.shard_plan = shard_plan
         self.fsdp1_clip_norm = fsdp1_clip_norm
         self.policy = policy
@@ -70,13 +74,21 @@ class AlignmentModule(L.LightningModule):
         self.optim = dict(optim)
         self.max_steps = max_steps
         # Submodules, so checkpoints carry them and strategies place/shard them like the policy.
-        self.reference = frozen_copy(policy) if self.spec.needs_reference else None
+        # Sharded runs copy no whole model: the frozen copies start on the meta device.
+        empty = deferred is not None
+        ref_dtype = deferred.reference_dtype if deferred is not None else None
+        self.reference = (
+            frozen_copy(policy, empty=empty, dtype=ref_dtype) if self.spec.needs_reference else None
+        )
         # With a frozen reference the reference *is* the starting policy: no third copy needed.
         self.initial = (
-            frozen_copy(policy) if keep_initial and self.reference is not None and schedule.active else None
+            frozen_copy(policy, empty=empty, dtype=ref_dtype)
+            if keep_initial and self.reference is not None and schedule.active
+            else None
         )
         self.ref_updates = 0
         self._seen_step = 0
+        self._frozen_filled = False
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp2``: shard the policy and its frozen copies the same way, so the
@@ -88,6 +100,34 @@ class AlignmentModule(L.LightningModule):
         for model in (self.policy, self.reference, self.initial):
             if model is not None:
                 shard_model(model, self.shard_plan, mesh)
+        if self.deferred is not None:
+            # Here, before Lightning restores a checkpoint (a resumed run overwrites these weights);
+            # Lightning's own materialisation then finds no meta tensor left.
+            self._fill_deferred(self.trainer.strategy.root_device)
+
+    def _fill_deferred(self, device: torch.device) -> None:
+        """Materialise the meta tensors, load the policy's shards, copy them into the frozen copies."""
+        policy_empty = any(p.is_meta for p in self.policy.parameters())
+        if not policy_empty:  # built whole (from scratch): the copies go where its shards are
+            device = next(self.policy.parameters()).device
+        for model in (self.policy, self.reference, self.initial):
+            if model is not None:
+                materialize_meta_(model, device)
+        if policy_empty:
+            load_policy_(self.policy, self.deferred)
+        self._copy_into_frozen()
+
+    def _copy_into_frozen(self) -> None:
+        for frozen in (self.reference, self.initial):
+            if frozen is not None:
+                copy_local_shards_(frozen, self.policy)
+
+    def on_fit_start(self) -> None:
+        # FSDP1 wraps (materialising the meta copies, broadcasting rank 0's policy) after
+        # configure_model; Lightning restores a checkpoint only after this hook.
+        if self.deferred is not None and self.deferred.strategy == "fsdp" and not self._frozen_filled:
+            self._copy_into_frozen()
+            self._frozen_filled = True
 
     # --- frozen copies stay in eval mode whatever Lightning does to the module ---------------
     def train(self, mode: bool = True) -> AlignmentModule:

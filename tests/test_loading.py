@@ -1,0 +1,94 @@
+"""Loading a checkpoint into a sharded run (tralign.loading): no whole model per rank, weights exact.
+
+One 2-rank gloo launch (torchrun, the fsdp2 training path through Lightning) loads a tiny GPT-NeoX
+saved in fp32 and a tiny Llama saved in bf16 (each rank reads its own slices of the safetensors
+files), and the GPT-NeoX saved as ``pytorch_model.bin`` (rank 0 loads and broadcasts); the gathered policy, reference and starting policy
+must equal the checkpoint's weights exactly (bf16 -> fp32 is exact), and the non-persistent buffers
+(rotary ``inv_freq``, not in checkpoints) must equal those of a model built the usual way.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+
+def _save_tiny(tmp_path: Path) -> list[Path]:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    neox = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=40,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=36,
+            max_position_embeddings=32,
+            rotary_pct=0.5,
+            tie_word_embeddings=False,
+        )
+    )
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=37,  # odd: the two ranks' shards differ in size
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=24,
+            max_position_embeddings=64,
+            rope_theta=5000.0,
+        )
+    )
+    folders = [tmp_path / "neox-fp32", tmp_path / "llama-bf16", tmp_path / "neox-bin"]
+    neox.save_pretrained(folders[0], safe_serialization=True)
+    # A .bin checkpoint (no safetensors: rank 0 loads it and broadcasts).
+    neox.save_pretrained(folders[2])
+    (folders[2] / "model.safetensors").rename(folders[2] / "weights.tmp")
+    torch.save(load_file(folders[2] / "weights.tmp"), folders[2] / "pytorch_model.bin")
+    (folders[2] / "weights.tmp").unlink()
+    llama.to(torch.bfloat16).save_pretrained(folders[1], safe_serialization=True)
+    return folders
+
+
+@pytest.mark.slow
+def test_two_ranks_load_policy_and_frozen_copies_exactly_from_the_checkpoint(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folders = _save_tiny(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "tralign.bench.loading", "role=worker", f"ckpts={','.join(map(str, folders))}"]
+    cmd += [f"dump={tmp_path}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for index, folder in enumerate(folders):
+        dumped = torch.load(tmp_path / f"{index}.pt", weights_only=True)
+        assert dumped["route"] == ("rank0" if folder.name.endswith("bin") else "slices")
+        # The checkpoint's tensors under the model's names (GPT-NeoX saves lm_head as embed_out).
+        normal = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        expected = normal.state_dict()
+        if dumped["route"] == "slices":
+            saved = load_file(folder / "model.safetensors")
+            assert sorted(t.float().sum().item() for t in saved.values()) == sorted(
+                t.sum().item() for t in expected.values()
+            )
+        assert set(dumped["states"]) == {"policy", "reference", "initial"}
+        for name, state in dumped["states"].items():
+            assert set(state) == set(expected), name
+            for key, value in expected.items():
+                assert state[key].dtype == torch.float32, (name, key)  # fp32 master weights
+                torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=f"{name}.{key}")
+        buffers = dict(normal.named_buffers())
+        assert any(k.endswith("inv_freq") for k in buffers)
+        assert set(dumped["buffers"]) == set(buffers)
+        for key, value in buffers.items():
+            torch.testing.assert_close(dumped["buffers"][key], value, rtol=0, atol=0, msg=key)
