@@ -92,3 +92,108 @@ def test_two_ranks_load_policy_and_frozen_copies_exactly_from_the_checkpoint(tmp
         assert set(dumped["buffers"]) == set(buffers)
         for key, value in buffers.items():
             torch.testing.assert_close(dumped["buffers"][key], value, rtol=0, atol=0, msg=key)
+
+
+# --- one process: the pieces ----------------------------------------------------------------------
+def _tiny_llama_bf16(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=37,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        rope_theta=5000.0,
+    )
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+FSDP2 = {"name": "fsdp2", "mixed_precision": None}
+
+
+def test_fsdp2_builds_the_policy_and_its_frozen_copies_without_weights(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tralign.loading import build_policy_for_strategy
+    from tralign.module import AlignmentModule
+    from tralign.reference import ReferenceSchedule
+
+    folder = _tiny_llama_bf16(tmp_path / "llama")
+    policy, deferred = build_policy_for_strategy({"name_or_path": str(folder)}, None, FSDP2)
+    assert deferred is not None and deferred.entries is not None and deferred.dtype == torch.float32
+    assert all(p.is_meta for p in policy.parameters())
+    # Buffers are built for real, equal to a normal build's (rotary inv_freq is in no checkpoint).
+    normal = dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).named_buffers())
+    built = dict(policy.named_buffers())
+    assert set(built) == set(normal) and any(k.endswith("inv_freq") for k in built)
+    for key, value in normal.items():
+        torch.testing.assert_close(built[key], value, rtol=0, atol=0, msg=key)
+    module = AlignmentModule(
+        policy,
+        loss="dpo",
+        loss_params={"beta": 0.1},
+        schedule=ReferenceSchedule("soft", 0.5, 1),
+        optim={"lr": 1e-6},
+        max_steps=1,
+        keep_initial=True,
+        deferred=deferred,
+    )
+    for frozen in (module.reference, module.initial):
+        assert all(p.is_meta and not p.requires_grad for p in frozen.parameters())
+        torch.testing.assert_close(frozen.model.rotary_emb.inv_freq, normal["model.rotary_emb.inv_freq"])
+
+
+def test_local_reads_give_the_checkpoint_under_the_models_names(tmp_path: Path) -> None:
+    """One process (each tensor whole): the reads, the dtype cast and GPT-NeoX's embed_out -> lm_head."""
+    from conftest import tiny_neox
+    from transformers import AutoModelForCausalLM
+
+    from tralign.loading import build_empty_policy, checkpoint_entries, materialize_meta_, read_local_shards_
+
+    tiny_neox().save_pretrained(tmp_path / "neox", safe_serialization=True)
+    for folder in (tmp_path / "neox", _tiny_llama_bf16(tmp_path / "llama")):
+        model = build_empty_policy({"name_or_path": str(folder)}, torch.float32)
+        entries = checkpoint_entries(model, folder)
+        assert entries is not None
+        materialize_meta_(model, "cpu")
+        read_local_shards_(model, entries)
+        expected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+        assert model.state_dict().keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_whose_names_do_not_match_goes_through_rank_zero(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tralign.loading import build_empty_policy, checkpoint_entries
+
+    folder = _tiny_llama_bf16(tmp_path / "llama")
+    state = load_file(folder / "model.safetensors")
+    save_file({k.replace("mlp", "ffn"): v for k, v in state.items()}, folder / "model.safetensors")
+    assert (
+        checkpoint_entries(build_empty_policy({"name_or_path": str(folder)}, torch.float32), folder) is None
+    )
+
+
+def test_unsharded_strategies_and_models_from_scratch_are_built_whole() -> None:
+    from conftest import compose_cfg
+
+    from tralign.loading import build_policy_for_strategy
+    from tralign.models import build_policy, build_tokenizer
+
+    cfg = compose_cfg()
+    tokenizer = build_tokenizer(cfg.model, cfg.data)
+    policy, deferred = build_policy_for_strategy(cfg.model, tokenizer, "auto")
+    assert deferred is None
+    scratch, deferred = build_policy_for_strategy(cfg.model, tokenizer, FSDP2)
+    assert deferred is not None and deferred.source is None and deferred.entries is None
+    # model.init_seed decides the weights, as without sharding.
+    whole = build_policy(cfg.model, tokenizer)
+    for (name, a), (_, b) in zip(scratch.named_parameters(), whole.named_parameters(), strict=True):
+        assert not a.is_meta and torch.equal(a, b), name

@@ -196,10 +196,9 @@ def fsdp1_param_init() -> Any:
     accelerator (FSDP1's default calls ``reset_parameters`` on every module with states, which rotary
     embeddings lack, and ``to_empty``, which would wipe the real buffers)."""
 
-    def init(module: nn.Module) -> None:
+    def init(module: nn.Module) -> None:  # FSDP1 calls it on each module of a unit
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-        for sub in module.modules():
-            sub._apply(lambda t: torch.empty_like(t, device=device) if t.is_meta else t, recurse=False)
+        module._apply(lambda t: torch.empty_like(t, device=device) if t.is_meta else t, recurse=False)
 
     return init
 
@@ -394,8 +393,10 @@ def copy_local_shards_(dst: nn.Module, src: nn.Module) -> None:
         d.copy_(s)
 
 
-def prepare_fsdp1(strategy: Any) -> None:
-    """Let Lightning's FSDPStrategy take a policy that is whole on rank 0 and on meta elsewhere:
-    materialise meta tensors without ``reset_parameters`` and broadcast rank 0's states."""
-    strategy.kwargs["sync_module_states"] = True
+def prepare_fsdp1(strategy: Any, weights: DeferredWeights) -> None:
+    """Let Lightning's FSDPStrategy take meta modules: materialise their meta tensors without
+    ``reset_parameters``; with a checkpoint (the policy whole on rank 0 only), broadcast rank 0's
+    states (``sync_module_states``: GPUs only). A from-scratch policy is whole on every rank."""
     strategy.kwargs["param_init_fn"] = fsdp1_param_init()
+    if weights.source is not None:
+        strategy.kwargs["sync_module_states"] = True

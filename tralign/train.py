@@ -130,7 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     fsdp1_clip = take_fsdp1_clip_norm(strategy, trainer_kwargs)  # the module clips, not Lightning
     if deferred is not None and deferred.strategy == "fsdp":
-        prepare_fsdp1(strategy)
+        prepare_fsdp1(strategy, deferred)
     schedule = schedule_from(cfg)
     module = AlignmentModule(
         policy,

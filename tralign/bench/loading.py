@@ -85,7 +85,7 @@ def launch(preset: str, devices: int, dtype: str, folder: Path) -> None:
     for r in sorted(reports, key=lambda r: r["rank"]):
         print(
             f"rank {r['rank']}: peak host RSS above baseline {r['peak'] / 2**20:.0f} MiB, "
-            f"load time {r['seconds']:.2f} s"
+            f"load time {r['seconds']:.2f} s ({r['route']})"
         )
     print(f"fp32 model size: {size / 2**20:.0f} MiB ({reports[0]['params']:,} parameters)")
     print(f"peak host RSS per rank / fp32 model size: {max(r['peak'] for r in reports) / size:.2f}")
