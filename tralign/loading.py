@@ -87,11 +87,15 @@ def checkpoint_source(model_cfg: Mapping[str, Any]) -> str | None:
 
 
 def is_rank_zero() -> bool:
+    """Global rank 0, also before the process group exists (torchrun/SLURM set RANK; Lightning's
+    own launcher sets LOCAL_RANK/NODE_RANK in the processes it starts, none in the first)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def build_policy_for_strategy(
