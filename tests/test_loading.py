@@ -197,3 +197,11 @@ def test_unsharded_strategies_and_models_from_scratch_are_built_whole() -> None:
     whole = build_policy(cfg.model, tokenizer)
     for (name, a), (_, b) in zip(scratch.named_parameters(), whole.named_parameters(), strict=True):
         assert not a.is_meta and torch.equal(a, b), name
+
+
+def test_local_checkpoint_is_the_folder_itself_or_none_offline(tmp_path: Path) -> None:
+    from tralign.loading import local_checkpoint
+
+    folder = _tiny_llama_bf16(tmp_path / "llama")
+    assert local_checkpoint(str(folder)) == folder
+    assert local_checkpoint("no-such-org/no-such-model") is None  # HF_HUB_OFFLINE=1, nothing cached

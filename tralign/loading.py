@@ -69,7 +69,7 @@ def _dtype(name: Any) -> torch.dtype | None:
     return getattr(torch, str(name).removeprefix("torch."))
 
 
-def master_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
+def _model_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
     """The trained weights' dtype (``model.dtype``, float32 by default)."""
     return _dtype(model_cfg.get("dtype") or "float32")
 
@@ -108,18 +108,37 @@ def build_policy_for_strategy(
 
     strategy = sharded_strategy(strategy_cfg)
     source = checkpoint_source(model_cfg)
-    dtype = master_dtype(model_cfg)
+    dtype = _model_dtype(model_cfg)
     reference_dtype = _dtype(model_cfg.get("reference_dtype"))
     trust = bool(model_cfg.get("trust_remote_code", False))
     if strategy is None:
         return build_policy(model_cfg, tokenizer), None
-    if source is None or (strategy == "fsdp" and is_rank_zero()):
-        # From scratch (init_seed decides the weights), or FSDP1's rank 0, which broadcasts.
+    if source is None:  # from scratch: init_seed decides the weights, as without sharding
         policy = build_policy(model_cfg, tokenizer)
         return policy, DeferredWeights(strategy, source, policy.config, dtype, reference_dtype, trust)
     policy = build_empty_policy(model_cfg, dtype)
-    entries = checkpoint_entries(policy, source)
-    return policy, DeferredWeights(strategy, source, policy.config, dtype, reference_dtype, trust, entries)
+    folder = local_checkpoint(source)
+    entries = checkpoint_entries(policy, folder) if folder is not None else None
+    weights = DeferredWeights(strategy, source, policy.config, dtype, reference_dtype, trust, entries)
+    if strategy == "fsdp" and is_rank_zero():
+        # FSDP1 broadcasts rank 0's module (sync_module_states): only rank 0 holds the weights.
+        materialize_meta_(policy, "cpu")
+        load_policy_(policy, weights, broadcast=False)
+    return policy, weights
+
+
+def local_checkpoint(source: str) -> Path | None:
+    """The folder holding ``source``'s safetensors files: itself, or the hub cache's snapshot
+    (downloaded like ``from_pretrained`` would, safetensors and JSON only); None if there is none."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json"]))
+    except Exception:  # offline and not cached, no such repo …: rank 0's from_pretrained reports it
+        return None
+    return folder if safetensors_index(folder) is not None else None
 
 
 def build_empty_policy(model_cfg: Mapping[str, Any], dtype: torch.dtype) -> nn.Module:
@@ -358,33 +377,38 @@ def read_local_shards_(model: nn.Module, entries: Mapping[str, _Entry]) -> None:
             _read_rows(entries[names[0]], local, offset)
 
 
+def _from_pretrained(weights: DeferredWeights) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(weights.source),
+        config=weights.config,
+        dtype=weights.dtype,
+        trust_remote_code=weights.trust_remote_code,
+    )
+
+
 @torch.no_grad()
 def broadcast_from_rank0_(model: nn.Module, weights: DeferredWeights) -> None:
     """Rank 0 loads the whole checkpoint (``from_pretrained``) and broadcasts it into the shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoModelForCausalLM
 
     state: dict[str, torch.Tensor] = {}
     if is_rank_zero():
-        whole = AutoModelForCausalLM.from_pretrained(
-            str(weights.source),
-            config=weights.config,
-            dtype=weights.dtype,
-            trust_remote_code=weights.trust_remote_code,
-        )
-        state = whole.state_dict()
-        del whole
+        state = _from_pretrained(weights).state_dict()
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, state, options=options)
 
 
-def load_policy_(policy: nn.Module, weights: DeferredWeights) -> None:
-    """Fill a sharded, materialised policy from ``weights.source``: each rank's own slices of a
-    local safetensors folder, else through rank 0."""
+def load_policy_(policy: nn.Module, weights: DeferredWeights, broadcast: bool = True) -> None:
+    """Fill a materialised (sharded or whole) policy from ``weights.source``: each rank's own slices
+    of the safetensors files; else rank 0 loads it whole, and broadcasts it into the shards."""
     if weights.entries is not None:
         read_local_shards_(policy, weights.entries)
-    else:
+    elif broadcast:
         broadcast_from_rank0_(policy, weights)
+    else:
+        policy.load_state_dict(_from_pretrained(weights).state_dict())
 
 
 @torch.no_grad()
