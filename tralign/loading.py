@@ -6,17 +6,19 @@ the frozen copies are meta copies of it, and :meth:`AlignmentModule.configure_mo
 materialises only the meta tensors, and then
 
 - reads each rank's own slices of the checkpoint's safetensors files into the policy's local shards
-  (:func:`read_local_shards_`: a ``seek`` + ``readinto`` per tensor, no mmap, no whole tensor), or,
-  for a hub id or a checkpoint whose names do not match the model's, rank 0 loads it and broadcasts
+  (:func:`read_local_shards_`: a ``seek`` + ``readinto`` per tensor, no mmap, no whole tensor; a hub
+  id is read from its cached snapshot), or, for a checkpoint without safetensors files or whose
+  names do not match the model's, rank 0 loads it and broadcasts
   (``set_model_state_dict(..., broadcast_from_rank0=True)``);
 - copies the policy's local shards into the reference and starting policy (no gather, no host copy).
 
 Models built from scratch (no checkpoint) are built whole, as before, so ``model.init_seed`` gives
 the same weights; only their frozen copies start on the meta device.
 
-Under ``trainer=fsdp`` (FSDP1) the policy is built whole on rank 0 only, on the meta device elsewhere;
-FSDP1 materialises the meta tensors (:func:`materialize_meta_`) and broadcasts rank 0's weights
-(``sync_module_states``); the frozen copies are filled from the policy's local shards once wrapped.
+Under ``trainer=fsdp`` (FSDP1) a checkpoint's policy is loaded on rank 0 only, built on the meta
+device elsewhere; FSDP1 materialises the meta tensors (:func:`fsdp1_param_init`) and broadcasts rank
+0's weights (``sync_module_states``, GPUs only); the frozen copies are filled from the policy's
+local shards once wrapped (``AlignmentModule.on_fit_start``).
 """
 
 from __future__ import annotations
