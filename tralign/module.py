@@ -15,27 +15,34 @@ import torch
 from torch import Tensor, nn
 
 from tralign.data.collate import pad_fraction
+from tralign.loading import DeferredWeights, copy_local_shards_, load_policy_, materialize_meta_, meta_copy
 from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_model
 
 
-def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+def frozen_copy(
+    model: nn.Module, dtype: torch.dtype | None = None, *, empty: bool = False
+) -> nn.Module:
     """A copy that gradients never train: eval mode (dropout off), requires_grad off, its floating
-    weights in ``dtype`` (None: the model's own; ``model.reference_dtype``)."""
-    memo: dict[int, Any] = {}
-    if dtype is not None:
-        # Each parameter is cast as it is copied: no full-precision copy exists on the way to a bf16
-        # one. Tied parameters are one object, so they stay tied.
-        memo = {
-            id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
-            for p in model.parameters()
-            if p.is_floating_point() and p.dtype != dtype
-        }
-    clone = copy.deepcopy(model, memo)
-    if dtype is not None:
-        clone.to(dtype)  # floating buffers (the parameters are already cast)
+    weights in ``dtype`` (None: the model's own; ``model.reference_dtype``). ``empty``: parameters
+    on the meta device (in ``dtype``), filled once sharded (see tralign.loading)."""
+    if empty:
+        clone = meta_copy(model, dtype)
+    else:
+        memo: dict[int, Any] = {}
+        if dtype is not None:
+            # Each parameter is cast as it is copied: no full-precision copy exists on the way to a
+            # bf16 one. Tied parameters are one object, so they stay tied.
+            memo = {
+                id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                for p in model.parameters()
+                if p.is_floating_point() and p.dtype != dtype
+            }
+        clone = copy.deepcopy(model, memo)
+        if dtype is not None:
+            clone.to(dtype)  # floating buffers (the parameters are already cast)
     clone.eval()
     clone.requires_grad_(False)
     return clone
@@ -71,8 +78,10 @@ class AlignmentModule(L.LightningModule):
         shard_plan: ShardPlan | None = None,
         fsdp1_clip_norm: float | None = None,
         frozen_dtype: torch.dtype | None = None,
+        deferred: DeferredWeights | None = None,
     ):
         super().__init__()
+        self.deferred = deferred  # fsdp/fsdp2: weights arrive once sharded (configure_model/on_fit_start)
         self.shard_plan = shard_plan
         self.fsdp1_clip_norm = fsdp1_clip_norm
         self.policy = policy
@@ -83,11 +92,17 @@ class AlignmentModule(L.LightningModule):
         self.optim = dict(optim)
         self.max_steps = max_steps
         # Submodules, so checkpoints carry them and strategies place/shard them like the policy.
-        # frozen_dtype (model.reference_dtype): e.g. a bf16 reference of an fp32 policy.
-        self.reference = frozen_copy(policy, frozen_dtype) if self.spec.needs_reference else None
+        # frozen_dtype (model.reference_dtype): e.g. a bf16 reference of an fp32 policy. Sharded runs
+        # copy no whole model: the frozen copies start on the meta device.
+        empty = deferred is not None
+        if frozen_dtype is None and deferred is not None:
+            frozen_dtype = deferred.reference_dtype
+        self.reference = (
+            frozen_copy(policy, frozen_dtype, empty=empty) if self.spec.needs_reference else None
+        )
         # With a frozen reference the reference *is* the starting policy: no third copy needed.
         self.initial = (
-            frozen_copy(policy, frozen_dtype)
+            frozen_copy(policy, frozen_dtype, empty=empty)
             if keep_initial and self.reference is not None and schedule.active
             else None
         )
@@ -98,6 +113,7 @@ class AlignmentModule(L.LightningModule):
         self._seen_step = 0
         self._step_skipped = False  # set by skip_optimizer_step during the current optimizer step
         self._last_step_applied = False
+        self._frozen_filled = False
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp2``: shard the policy and its frozen copies the same way, so the
@@ -111,6 +127,34 @@ class AlignmentModule(L.LightningModule):
         for frozen in (self.reference, self.initial):
             if frozen is not None:  # resharded after every forward: see tralign.strategies
                 shard_model(frozen, self.shard_plan.frozen(), mesh)
+        if self.deferred is not None:
+            # Here, before Lightning restores a checkpoint (a resumed run overwrites these weights);
+            # Lightning's own materialisation then finds no meta tensor left.
+            self._fill_deferred(self.trainer.strategy.root_device)
+
+    def _fill_deferred(self, device: torch.device) -> None:
+        """Materialise the meta tensors, load the policy's shards, copy them into the frozen copies."""
+        policy_empty = any(p.is_meta for p in self.policy.parameters())
+        if not policy_empty:  # built whole (from scratch): the copies go where its shards are
+            device = next(self.policy.parameters()).device
+        for model in (self.policy, self.reference, self.initial):
+            if model is not None:
+                materialize_meta_(model, device)
+        if policy_empty:
+            load_policy_(self.policy, self.deferred)
+        self._copy_into_frozen()
+
+    def _copy_into_frozen(self) -> None:
+        for frozen in (self.reference, self.initial):
+            if frozen is not None:
+                copy_local_shards_(frozen, self.policy)
+
+    def on_fit_start(self) -> None:
+        # FSDP1 wraps (materialising the meta copies, broadcasting rank 0's policy) after
+        # configure_model; Lightning restores a checkpoint only after this hook.
+        if self.deferred is not None and self.deferred.strategy == "fsdp" and not self._frozen_filled:
+            self._copy_into_frozen()
+            self._frozen_filled = True
 
     # --- frozen copies stay in eval mode whatever Lightning does to the module ---------------
     def train(self, mode: bool = True) -> AlignmentModule:

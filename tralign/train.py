@@ -114,6 +114,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
     from tralign.eval.golden import golden_eval
+    from tralign.loading import build_policy_for_strategy, prepare_fsdp1
     from tralign.loggers import build_logger
     from tralign.models import build_policy, build_tokenizer, reference_dtype
     from tralign.module import AlignmentModule
@@ -128,8 +129,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = PreferenceDataModule(
         cfg.data, tokenizer, mode=mode_for_loss(spec), seed=int(cfg.seed)
     )  # reads and tokenises now: bad data fails before the model is built
-    policy = build_policy(cfg.model, tokenizer)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # fsdp/fsdp2: no whole policy per rank; its weights arrive once sharded (tralign.loading).
+    policy, deferred = build_policy_for_strategy(cfg.model, tokenizer, trainer_kwargs["strategy"])
     strategy, shard_plan = build_strategy(
         trainer_kwargs.pop("strategy"),
         policy,
@@ -138,6 +140,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         precision=trainer_kwargs.get("precision"),
     )
     fsdp1_clip = take_fsdp1_clip_norm(strategy, trainer_kwargs)  # the module clips, not Lightning
+    if deferred is not None and deferred.strategy == "fsdp":
+        prepare_fsdp1(strategy, deferred)
     schedule = schedule_from(cfg)
     module = AlignmentModule(
         policy,
@@ -150,6 +154,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         shard_plan=shard_plan,
         fsdp1_clip_norm=fsdp1_clip,
         frozen_dtype=reference_dtype(cfg.model),
+        deferred=deferred,
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
