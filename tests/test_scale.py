@@ -75,8 +75,8 @@ def test_fsdp2_config_builds_model_parallel_strategy_with_one_data_parallel_grou
         (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer=fsdp needs GPUs"),
         (["trainer=fsdp2", "trainer.strategy.mixed_precision=fp8"], "trainer.strategy.mixed_precision"),
         (
-            ["trainer=fsdp2", "+trainer.strategy.shard_size=2"],
-            "trainer.strategy.shard_size: unknown for fsdp2",
+            ["trainer=fsdp2", "+trainer.strategy.shard_degree=2"],
+            "trainer.strategy.shard_degree: unknown for fsdp2",
         ),
         (["trainer=fsdp", "trainer.strategy.name=zero3"], "trainer.strategy.name: must be one of"),
         (["trainer=fsdp", "trainer.strategy.sharding_strategy=HALF"], "trainer.strategy.sharding_strategy"),

@@ -18,7 +18,7 @@ from tralign.data.collate import pad_fraction
 from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
-from tralign.strategies import ShardPlan, is_sharded, shard_model
+from tralign.strategies import ShardPlan, is_sharded, shard_mesh, shard_model
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -84,7 +84,7 @@ class AlignmentModule(L.LightningModule):
         group and device mesh exist, before the optimizer is built; again for later stages)."""
         if self.shard_plan is None or is_sharded(self.policy):
             return
-        mesh = self.device_mesh["data_parallel"]
+        mesh = shard_mesh(self.device_mesh["data_parallel"], self.shard_plan, self.trainer.num_nodes)
         for model in (self.policy, self.reference, self.initial):
             if model is not None:
                 shard_model(model, self.shard_plan, mesh)
