@@ -165,14 +165,13 @@ def test_hsdp_2x2_reference_update_is_shard_local_and_follows_the_rule(tmp_path:
 
 
 # --- end to end: devices=auto on 2 CPU ranks, hybrid (2 replicas × 1 shard) ----------------------
-# CPU's "auto" is one device; this wrapper makes it two, as on a 2-GPU node, and is what Lightning's
-# launcher re-runs for the second rank.
+# CPU's "auto" is one device; this wrapper (``python -m auto_two``) makes it two, as on a 2-GPU node,
+# and is what Lightning's launcher re-runs for the second rank.
 AUTO_TWO = """
-import sys
+import runpy
 from lightning.pytorch.accelerators import CPUAccelerator
 CPUAccelerator.auto_device_count = staticmethod(lambda: 2)
-from tralign.train import main
-main()
+runpy.run_module("tralign.train", run_name="__main__")
 """
 RUN = [
     a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.batch_size", "trainer.val_check"))
@@ -205,7 +204,7 @@ def test_fsdp2_devices_auto_on_two_ranks_with_hybrid_mesh_matches_one_process(tm
     two = _run(
         tmp_path,
         "two",
-        [str(tmp_path / "auto_two.py")],
+        ["-m", "auto_two"],
         "trainer=fsdp2",
         "trainer.accelerator=cpu",
         "trainer.devices=auto",
