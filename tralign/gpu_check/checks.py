@@ -48,7 +48,7 @@ TRAIN = [
     "data.golden_eval=null",
     "logger=none",
 ]
-RESUME_TOL = 1e-3
+RESUME_TOL = 1e-3  # resumed vs uninterrupted: largest weight difference and final val/loss difference
 
 
 @dataclass
@@ -144,10 +144,14 @@ def train_and_resume(work: Path) -> tuple[Check, Check]:
             "exports": loaded,
             "val_loss": {k: s.get("val", {}).get("val/loss") for k, s in summaries.items()},
         }
+        losses = list(details["val_loss"].values())
+        details["resume_val_loss_diff"] = abs(losses[0] - losses[1]) if None not in losses else None
         ok = (
             all(s.get("status") == "completed" and s.get("global_step") == 20 for s in summaries.values())
             and all(details["finite"].values())
             and diff <= RESUME_TOL
+            and details["resume_val_loss_diff"] is not None
+            and details["resume_val_loss_diff"] <= RESUME_TOL
             and all(p["plain_tensors"] and p["finite"] for p in loaded.values())
         )
         return ok, details
