@@ -20,6 +20,7 @@ policy exists (the wrap policy needs its decoder-block class).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +211,7 @@ def _world_size(devices: Any, num_nodes: int) -> int | str:
     return "auto"  # devices=auto/-1/"N": FSDP2Strategy resolves it from the real world size
 
 
+@functools.cache
 def _fsdp2_strategy_class() -> type:
     """Lightning's ``ModelParallelStrategy`` with the data-parallel size taken from the real world
     size once the process group exists. Lightning's own ``"auto"`` means ``num_nodes`` (it assumes
