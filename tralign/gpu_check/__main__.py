@@ -16,9 +16,9 @@ from tralign.gpu_check.checks import Check, as_dict
 NAMES = (
     "tr_dpo_300m_fsdp2_resume",
     "in_loop_audit",
-    "head_only_logprobs_bf16",
     "scale_bench_1b_6.9b",
     "bench_pythia_160m_cuda",
+    "head_only_logprobs_bf16",
 )
 
 
@@ -74,12 +74,12 @@ def run_checks(names: list[str], work: Path) -> list[Check]:
     results: list[Check] = []
     if {"tr_dpo_300m_fsdp2_resume", "in_loop_audit"} & set(names):
         results += [c for c in checks.train_and_resume(work) if c.name in names]
-    if "head_only_logprobs_bf16" in names:
-        results.append(checks.logprobs_bf16())
     if "scale_bench_1b_6.9b" in names:
         results.append(checks.scale_bench(work))
     if "bench_pythia_160m_cuda" in names:
         results.append(checks.bench_160m(work))
+    if "head_only_logprobs_bf16" in names:  # last: the only check that uses the GPU in this process
+        results.append(checks.logprobs_bf16())
     return results
 
 

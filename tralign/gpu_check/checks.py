@@ -30,6 +30,7 @@ MODEL_300M = [
 TRAIN = [
     *MODEL_300M,
     "method=tr_dpo",
+    "alpha=0.6",  # a soft update large enough for the audit to see a reference that did not move
     "trainer=fsdp2",
     "trainer.accelerator=gpu",
     "trainer.devices=1",
