@@ -109,10 +109,9 @@ def test_run_checks_runs_the_selected_checks_in_order(
     monkeypatch.setattr(checks, "logprobs_bf16", fake("head_only_logprobs_bf16"))
     monkeypatch.setattr(checks, "scale_bench", fake("scale_bench_1b_6.9b"))
     monkeypatch.setattr(checks, "bench_160m", fake("bench_pythia_160m_cuda"))
-    got = run_checks(["in_loop_audit", "scale_bench_1b_6.9b"], tmp_path)
-    assert [c.name for c in got] == ["in_loop_audit", "scale_bench_1b_6.9b"] and calls == [
-        "scale_bench_1b_6.9b"
-    ]
+    got = run_checks(["head_only_logprobs_bf16", "in_loop_audit", "scale_bench_1b_6.9b"], tmp_path)
+    order = ["in_loop_audit", "scale_bench_1b_6.9b", "head_only_logprobs_bf16"]
+    assert [c.name for c in got] == order and calls == order[1:]
     with pytest.raises(SystemExit):
         main(["--only", "nonsense"])
 
