@@ -61,7 +61,10 @@ def report(checks: list[Check], out: Path, meta: dict[str, Any]) -> int:
     passed = bool(checks) and all(c.ok for c in checks)
     payload = {**meta, "passed": passed, "checks": [as_dict(c) for c in checks]}
     (out / "gpu_check.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    header = f"# tralign.gpu_check · {meta.get('date')} · {meta.get('device')} · torch {meta.get('torch')}"
+    header = (
+        f"# tralign.gpu_check · {meta.get('date')} · {meta.get('device')} · torch {meta.get('torch')}"
+        f" · {meta.get('wall_s')} s"
+    )
     text = f"{header}\n\n{table(checks)}\n\n{'all passed' if passed else 'FAILED'}\n"
     (out / "gpu_check.md").write_text(text)
     print(text, end="")
