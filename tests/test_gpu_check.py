@@ -155,3 +155,18 @@ def test_audit_callback_passes_on_a_cpu_fsdp2_run(tmp_path: Path) -> None:
     assert facts["update"]["max_error_units"] <= 4 and facts["update"]["min_change_units"] >= 100
     assert facts["clipping"]["clipped_steps"] >= 1 and facts["clipping"]["max_norm_after"] <= 0.05 * 1.001
     assert checks.finite_metrics(result["summary"]) and result["summary"]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_train_and_resume_check_passes_on_a_tiny_cpu_run(tmp_path: Path) -> None:
+    """The command's main check end to end, on CPU: the GPU settings with the tiny model and fp32."""
+    overrides = [
+        a for a in checks.TRAIN if a not in checks.MODEL_300M and not a.startswith("trainer.accelerator")
+    ]
+    overrides += ["trainer.accelerator=cpu", "trainer.strategy.mixed_precision=null", "data.batch_size=4"]
+    overrides += ["data.n_train=96", "data.n_val=8", "data.eval_batch_size=8", "optim.lr=1.0e-3"]
+    train, audit = checks.train_and_resume(tmp_path, "cpu", "float32", overrides)
+    assert train.ok and audit.ok, (train, audit)
+    assert train.details["global_step"] == {"whole": 20, "resumed": 20}
+    assert train.details["resume_max_abs_diff"] <= 1e-6  # CPU fp32: the resume is exact
+    assert train.details["exports"]["reference"]["plain_tensors"]

@@ -125,14 +125,17 @@ def _exports_load(run_dir: Path) -> dict[str, Any]:
     return loaded
 
 
-def train_and_resume(work: Path) -> tuple[Check, Check]:
-    """The 300M TR-DPO run (audited), then the same run resumed from its step-10 checkpoint."""
+def train_and_resume(
+    work: Path, device: str = "cuda", head_dtype: str = "bfloat16", overrides: list[str] = TRAIN
+) -> tuple[Check, Check]:
+    """The 300M TR-DPO run (audited), then the same run resumed from its step-10 checkpoint.
+    ``overrides`` must keep 20 steps and a checkpoint every 10 (the tests pass a tiny CPU run)."""
     runs: dict[str, Any] = {}
 
     def train() -> tuple[bool, dict[str, Any]]:
-        whole = runs["whole"] = audited_run(work, "whole", "cuda", "bfloat16", TRAIN)
+        whole = runs["whole"] = audited_run(work, "whole", device, head_dtype, overrides)
         ckpt = work / "whole" / "checkpoints" / "step=10.ckpt"
-        resumed = audited_run(work, "resumed", "cuda", "bfloat16", TRAIN, ckpt=str(ckpt))
+        resumed = audited_run(work, "resumed", device, head_dtype, overrides, ckpt=str(ckpt))
         summaries = {"whole": whole["summary"], "resumed": resumed["summary"]}
         diff = _max_export_diff(work / "whole", work / "resumed")
         loaded = _exports_load(work / "whole")
