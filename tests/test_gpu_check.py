@@ -170,3 +170,10 @@ def test_train_and_resume_check_passes_on_a_tiny_cpu_run(tmp_path: Path) -> None
     assert train.details["global_step"] == {"whole": 20, "resumed": 20}
     assert train.details["resume_max_abs_diff"] <= 1e-6  # CPU fp32: the resume is exact
     assert train.details["exports"]["reference"]["plain_tensors"]
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_check_passes_on_this_gpu(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path)]) == 0, (tmp_path / "gpu_check.md").read_text()
