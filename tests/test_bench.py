@@ -152,3 +152,22 @@ def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
     batch["loss_mask"][:, 6:] = True
     for got, want in zip(proposed._logps(policy, batch), plain._logps(policy, batch), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_update_is_timed_on_the_runs_device_not_where_teardown_left_it() -> None:
+    """Lightning's teardown leaves the module on the CPU after fit; the timing moves it back first.
+    The meta device stands in for CUDA here: an update timed on CPU tensors would leave them there."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tralign.bench.worker import _time_reference_updates, _tralign_module
+
+    torch.manual_seed(0)
+    policy = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, **model_config("tiny")))
+    spec = {"beta": 0.1, "alpha": 0.6, "tau": 1, "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8}
+    spec.update(weight_decay=0.0, warmup=1, steps=1, tralign={"head": "masked", "foreach_adamw": True})
+    module = _tralign_module(spec, policy)
+    times = _time_reference_updates(module, "meta", 0.6, 3)
+    assert len(times) == 3
+    devices = {p.device.type for p in [*module.policy.parameters(), *module.reference.parameters()]}
+    assert devices == {"meta"}

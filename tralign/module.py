@@ -19,7 +19,7 @@ from tralign.loading import DeferredWeights, copy_local_shards_, load_policy_, m
 from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
-from tralign.strategies import ShardPlan, is_sharded, shard_model
+from tralign.strategies import ShardPlan, is_sharded, shard_mesh, shard_model
 
 
 def frozen_copy(
@@ -122,7 +122,7 @@ class AlignmentModule(L.LightningModule):
         optimizer is built; again for later stages)."""
         if self.shard_plan is None or is_sharded(self.policy):
             return
-        mesh = self.device_mesh["data_parallel"]
+        mesh = shard_mesh(self.device_mesh["data_parallel"], self.shard_plan, self.trainer.num_nodes)
         shard_model(self.policy, self.shard_plan, mesh)
         for frozen in (self.reference, self.initial):
             if frozen is not None:  # resharded after every forward: see tralign.strategies

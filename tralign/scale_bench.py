@@ -17,10 +17,15 @@ one GPU with its reference (2 + 2 + 4 bytes/param + 2 for the reference = 10 byt
 bytes/param with the fp32 reference: 1B and 2.8B fit one 80 GB GPU, 6.9B does not).
 
 FLOPs per step (Kaplan/Megatron accounting, causal attention counted in full, embedding lookup
-free): policy forward + backward ``6·N·tok + 12·L·h·T·tok``, reference forward ``2·N·tok +
-4·L·h·T·tok``, with N the parameters outside the input embedding and tok = 2·B·T tokens. MFU = those
-FLOPs / step time / the device's peak dense bf16 FLOP/s (``--peak-tflops``; by default looked up from
-the device name: H100/H200 989, A100 312).
+free): policy forward + backward ``6·N·tok + 12·L·h·T·tok + 6·V·h·M``, reference forward
+``2·N·tok + 4·L·h·T·tok + 2·V·h·M``, with N the parameters of the decoder blocks and final norm (no
+input embedding, no LM head), tok = 2·B·T tokens, and M the positions that predict a completion
+token: tralign runs the LM head on those only (``tralign.logprobs.model_sequence_logps``). MFU =
+those FLOPs / step time / the device's peak dense bf16 FLOP/s (``--peak-tflops``; by default
+looked up from the device name in ``PEAK_TFLOPS``).
+
+Peak memory is that of the training steps and updates only: the counter is reset once the models
+are built (in their final dtype, so no fp32 copy exists on the way).
 """
 
 from __future__ import annotations
@@ -40,7 +45,21 @@ from tralign.losses import dpo_loss
 from tralign.module import AlignmentModule
 from tralign.reference import update_reference_
 
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+# Dense (no 2:4 sparsity) bf16 tensor-core TFLOP/s by device name, most specific first (first match
+# wins). NVIDIA's datasheets print the sparse figure, twice these: H100 SXM 1,979, H100 PCIe 1,513,
+# H100 NVL 1,671 (per GPU), H200 SXM 1,979, H200 NVL 1,671; A100 (SXM and PCIe) 312 dense; L40S 362;
+# A10 125. torch names: "NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H200" ...
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10", 125.0),
+)
 VOCAB = 50304  # Pythia's padded vocabulary (the architectures: tralign.bench.presets)
 
 
@@ -53,21 +72,39 @@ def build(arch: str, device: torch.device, dtype: torch.dtype, seq: int):
         **model_config(arch, {"max_position_embeddings": max(2048, seq)}),
     )
     torch.manual_seed(0)
-    with torch.device(device):
-        policy = GPTNeoXForCausalLM(config).to(dtype)
-        reference = GPTNeoXForCausalLM(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its final dtype: no transient fp32 copy
+    try:
+        with torch.device(device):
+            policy = GPTNeoXForCausalLM(config)
+            reference = GPTNeoXForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     reference.load_state_dict(policy.state_dict())
     reference.eval().requires_grad_(False)
     policy.config.use_cache = False
     return policy, reference
 
 
-def step_flops(policy: torch.nn.Module, batch: int, seq: int) -> float:
+def step_flops(policy: torch.nn.Module, batch: int, seq: int, head_positions: int) -> float:
+    """Model FLOPs of one TR-DPO step on ``batch`` pairs of ``seq`` tokens whose LM head runs on
+    ``head_positions`` positions (all 2·batch rows together): see the module docstring."""
     cfg = policy.config
-    n = sum(p.numel() for name, p in policy.named_parameters() if "embed_in" not in name)
+    head = policy.get_output_embeddings().weight.numel()  # V·h
+    n = sum(p.numel() for p in policy.parameters()) - head - policy.get_input_embeddings().weight.numel()
     tokens = 2 * batch * seq
     attention = cfg.num_hidden_layers * cfg.hidden_size * seq * tokens
-    return 6 * n * tokens + 12 * attention + 2 * n * tokens + 4 * attention
+    return (6 + 2) * n * tokens + (12 + 4) * attention + (6 + 2) * head * head_positions
+
+
+def mfu(flops: float, step_s: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's peak (None when unknown)."""
+    return flops / step_s / (peak_tflops * 1e12) if peak_tflops else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -81,8 +118,9 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.float32 if mixed or device.type == "cpu" else torch.bfloat16
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     policy, reference = build(arch, device, dtype, args.seq)
+    build_gb = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    _reset_peak(device)  # what the steps need on top of the models, not the build
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6, betas=(0.9, 0.95), eps=1e-8)
@@ -126,7 +164,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     update = statistics.median(update_times)
     param_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
     peak = args.peak_tflops or _peak_tflops(device)
-    flops = step_flops(policy, args.batch, args.seq)
+    flops = step_flops(policy, args.batch, args.seq, int(loss_mask[:, 1:].sum()))
     result = {
         "arch": arch,
         "params_b": round(sum(p.numel() for p in policy.parameters()) / 1e9, 3),
@@ -137,7 +175,9 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_s_median": round(step, 4),
         "step_s_min": round(min(times), 4),
         "step_s_max": round(max(times), 4),
-        "mfu": round(flops / step / (peak * 1e12), 4) if peak else None,
+        "mfu": round(mfu(flops, step, peak), 4) if peak else None,
+        "peak_tflops": peak,
+        "models_memory_gb": round(build_gb, 2) if build_gb is not None else None,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if device.type == "cuda"
         else None,
@@ -151,8 +191,12 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict[str, Any]:
 def _peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peak_tflops_for(torch.cuda.get_device_name(device))
+
+
+def peak_tflops_for(name: str) -> float | None:
+    """Dense bf16 peak of the device called ``name`` (``torch.cuda.get_device_name``), or None."""
+    return next((v for k, v in PEAK_TFLOPS if k in name), None)
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -10,7 +10,9 @@ through as it is, or a mapping with ``name``:
 - ``fsdp2``: Lightning's ``ModelParallelStrategy`` with ``torch.distributed.fsdp.fully_shard``
   applied by :meth:`AlignmentModule.configure_model` (:func:`shard_model`): every parameter becomes
   a ``DTensor`` sharded on dim 0 over the data-parallel mesh, identically for the three copies.
-  Runs on CPU with gloo too, which is how the tests cover the sharded path.
+  Runs on CPU with gloo too, which is how the tests cover the sharded path. With
+  ``trainer.strategy.hybrid=true`` the mesh is 2-D (:func:`shard_mesh`): shards within a node,
+  replicas across nodes (HSDP, FSDP1's ``HYBRID_SHARD``).
 
 The frozen copies (reference, starting policy) always free their gathered parameters after each
 forward, whatever the policy does: the reference update writes the local shards in place, and a
@@ -25,6 +27,7 @@ policy exists (the wrap policy needs its decoder-block class).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,6 +49,8 @@ STRATEGY_KEYS: dict[str, set[str]] = {
         "reshard_after_forward",
         "activation_checkpointing",
         "save_distributed_checkpoint",
+        "hybrid",
+        "shard_size",
     },
     "ddp": {"find_unused_parameters", "static_graph"},
 }
@@ -60,6 +65,8 @@ class ShardPlan:
     block: type[nn.Module]
     param_dtype: torch.dtype | None = None  # compute dtype of the gathered parameters (None: as stored)
     reshard_after_forward: bool = True
+    hybrid: bool = False  # 2-D mesh: replicate across nodes, shard within (see shard_mesh)
+    shard_size: int | None = None  # ranks per shard group under hybrid (None: the ranks of one node)
 
     def frozen(self) -> ShardPlan:
         """The plan of the frozen copies: the same shards, always resharded after forward."""
@@ -102,7 +109,24 @@ def strategy_problems(strategy: Any, accelerator: Any) -> list[str]:
         problems.append(
             f"trainer.strategy.mixed_precision: must be bf16, fp16 or null, got {strategy.get('mixed_precision')!r}"
         )
+    if name == "fsdp2":
+        problems += _hybrid_problems(strategy)
     return problems
+
+
+def _hybrid_problems(strategy: Mapping) -> list[str]:
+    hybrid, shard_size = strategy.get("hybrid", False), strategy.get("shard_size")
+    if not isinstance(hybrid, bool):
+        return [f"trainer.strategy.hybrid: must be true or false, got {hybrid!r}"]
+    if shard_size is None:
+        return []
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        return [f"trainer.strategy.shard_size: must be a positive integer or null, got {shard_size!r}"]
+    if not hybrid:
+        return [
+            "trainer.strategy.shard_size: only with trainer.strategy.hybrid=true (pure FSDP shards over all ranks)"
+        ]
+    return []
 
 
 def decoder_block(model: nn.Module) -> type[nn.Module]:
@@ -148,18 +172,18 @@ def build_strategy(
             ),
             None,
         )
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
-    world = _world_size(devices, num_nodes)
+    world = _world_size(devices, num_nodes)  # "auto": resolved from the process group (FSDP2Strategy)
     if options.get("activation_checkpointing"):
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     plan = ShardPlan(
         block=block,
         param_dtype=DTYPES[options.get("mixed_precision")],
         reshard_after_forward=bool(options.get("reshard_after_forward", True)),
+        hybrid=bool(options.get("hybrid", False)),
+        shard_size=options.get("shard_size"),
     )
     return (
-        ModelParallelStrategy(
+        _fsdp2_strategy_class()(
             data_parallel_size=world,  # pure FSDP2: every rank in one data-parallel group
             tensor_parallel_size=1,
             save_distributed_checkpoint=bool(options.get("save_distributed_checkpoint", True)),
@@ -217,11 +241,55 @@ def _fsdp1_mixed_precision(precision: Any):
 
 
 def _world_size(devices: Any, num_nodes: int) -> int | str:
-    if isinstance(devices, int):
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:  # -1: all of them
         return devices * int(num_nodes)
     if isinstance(devices, (list, tuple)):
         return len(devices) * int(num_nodes)
-    return "auto"  # Lightning resolves it (devices=auto/-1)
+    return "auto"  # devices=auto/-1/"N": FSDP2Strategy resolves it from the real world size
+
+
+@functools.cache
+def _fsdp2_strategy_class() -> type:
+    """Lightning's ``ModelParallelStrategy`` with the data-parallel size taken from the real world
+    size once the process group exists. Lightning's own ``"auto"`` means ``num_nodes`` (it assumes
+    tensor parallelism fills a node), which fails its "should equal the world size" check as soon
+    as a node has more than one device."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class FSDP2Strategy(ModelParallelStrategy):
+        def _setup_distributed(self) -> None:
+            super()._setup_distributed()  # world size known from here on; the mesh is built next
+            if self._data_parallel_size == "auto":
+                self._data_parallel_size = self.world_size // int(self._tensor_parallel_size)
+
+    return FSDP2Strategy
+
+
+def shard_mesh(data_parallel: Any, plan: ShardPlan, num_nodes: int) -> Any:
+    """The mesh ``fully_shard`` gets. Pure FSDP: the 1-D data-parallel mesh. Hybrid (HSDP): a 2-D
+    ``(replicate, shard)`` mesh over the same ranks, shard groups of ``plan.shard_size`` consecutive
+    ranks (default: one node's; launchers number ranks node by node), so parameter gathers and
+    gradient reduce-scatters stay inside a node and only a gradient all-reduce crosses nodes.
+    Placements are then ``(Replicate(), Shard(0))`` for every copy alike, so a rank's policy shard
+    still lines up with its reference shard. A collective (new process groups): every rank calls it.
+    """
+    if not plan.hybrid:
+        return data_parallel
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from tralign.errors import ConfigError
+
+    world = data_parallel.size()
+    shard = plan.shard_size or world // max(1, int(num_nodes))
+    if shard < 1 or world % shard:
+        raise ConfigError(
+            [
+                f"trainer.strategy.shard_size: {shard} ranks per shard group do not divide the world size {world}"
+            ]
+        )
+    return init_device_mesh(
+        data_parallel.device_type, (world // shard, shard), mesh_dim_names=("replicate", "shard")
+    )
 
 
 def shard_model(model: nn.Module, plan: ShardPlan, mesh: Any) -> None:

@@ -150,8 +150,6 @@ def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
 def run_tralign(spec: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
 
-    from tralign.reference import update_reference_
-
     _, data = _setup(spec)
     data.group_by_length = bool(spec["tralign"]["group_by_length"])
     device = spec["device"]
@@ -185,12 +183,18 @@ def run_tralign(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=[timer],
     )
     trainer.fit(module, datamodule=data)
-    ref_times = _time_calls(
-        lambda: update_reference_(module.reference, module.policy, float(spec["alpha"])),
-        int(spec["ref_update_calls"]),
-        device,
-    )
+    ref_times = _time_reference_updates(module, device, float(spec["alpha"]), int(spec["ref_update_calls"]))
     return _result(spec, "tralign", timer.ends, timer.tokens, timer.positions, ref_times, timer.losses)
+
+
+def _time_reference_updates(module: torch.nn.Module, device: str, alpha: float, calls: int) -> list[float]:
+    """tralign's reference update timed on the run's device. Lightning's teardown after ``fit`` has
+    moved the module to the CPU, while TRL's models stay where they trained: move it back first, or
+    a CUDA bench compares a CPU update with a GPU one."""
+    from tralign.reference import update_reference_
+
+    module.to(device)
+    return _time_calls(lambda: update_reference_(module.reference, module.policy, alpha), calls, device)
 
 
 # --- TRL ---------------------------------------------------------------------------------------

@@ -1,0 +1,221 @@
+"""fsdp2's device mesh: the data-parallel size from the real world size (devices=auto on 2 ranks),
+hybrid sharding (HSDP: replicate × shard) with a shard-local reference update on 4 ranks as 2 × 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, SHRINK, compose_cfg, tiny_neox
+from safetensors.torch import load_file
+
+from tralign.config import validate
+from tralign.errors import ConfigError
+from tralign.strategies import ShardPlan, build_strategy, shard_mesh
+
+
+def test_fsdp2_takes_the_data_parallel_size_from_the_world_size_when_devices_are_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    monkeypatch.setattr(ModelParallelStrategy, "_setup_distributed", lambda self: None)  # no process group
+    cfg = compose_cfg(["trainer=fsdp2"])
+    for devices in ("auto", -1, "4"):
+        strategy, _ = build_strategy(cfg.trainer.strategy, tiny_neox(), devices=devices, num_nodes=2)
+        assert strategy._data_parallel_size == "auto"  # Lightning alone would take num_nodes (2)
+        strategy.cluster_environment = LightningEnvironment()
+        strategy.cluster_environment.set_world_size(8)
+        strategy._setup_distributed()
+        assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (8, 1)
+    counted, _ = build_strategy(cfg.trainer.strategy, tiny_neox(), devices=4, num_nodes=2)
+    assert counted._data_parallel_size == 8
+
+
+def test_hybrid_keys_build_the_plan_and_bad_values_are_refused_naming_the_key() -> None:
+    cfg = compose_cfg(["trainer=fsdp2", "trainer.strategy.hybrid=true", "trainer.strategy.shard_size=4"])
+    validate(cfg)
+    _, plan = build_strategy(cfg.trainer.strategy, tiny_neox(), devices=8, num_nodes=2)
+    assert (plan.hybrid, plan.shard_size) == (True, 4)
+    _, plain = build_strategy(
+        compose_cfg(["trainer=fsdp2"]).trainer.strategy, tiny_neox(), devices=8, num_nodes=1
+    )
+    assert (plain.hybrid, plain.shard_size) == (False, None)
+    for overrides, message in [
+        (["trainer.strategy.shard_size=2"], "trainer.strategy.shard_size: only with trainer.strategy.hybrid"),
+        (["trainer.strategy.hybrid=true", "trainer.strategy.shard_size=0"], "trainer.strategy.shard_size"),
+        (["trainer.strategy.hybrid=maybe"], "trainer.strategy.hybrid"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_cfg(["trainer=fsdp2", *overrides]))
+
+
+class _Mesh:
+    device_type = "cpu"
+
+    def size(self) -> int:
+        return 6
+
+
+def test_shard_mesh_is_the_data_parallel_mesh_without_hybrid_and_refuses_a_shard_size_that_does_not_divide():
+    mesh = _Mesh()
+    assert shard_mesh(mesh, ShardPlan(block=torch.nn.Linear), num_nodes=3) is mesh
+    with pytest.raises(ConfigError, match="trainer.strategy.shard_size: 4 ranks .* world size 6"):
+        shard_mesh(mesh, ShardPlan(block=torch.nn.Linear, hybrid=True, shard_size=4), num_nodes=1)
+
+
+# --- HSDP on 4 gloo ranks as 2 × 2: the update stays shard-local ------------------------------------
+HSDP_SCRIPT = r"""
+import datetime, json, sys, types
+import torch, torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from tralign.reference import update_reference_
+from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_mesh, shard_model
+
+COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
+               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
+               "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]
+
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+def worker(rank, world, out, init):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    flat = init_device_mesh("cpu", (world,))
+    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0); policy = GPTNeoXForCausalLM(cfg)
+    torch.manual_seed(1); reference = GPTNeoXForCausalLM(cfg)
+    pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
+    ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
+    plan = ShardPlan(block=decoder_block(policy), hybrid=True)
+    mesh = shard_mesh(flat, plan, num_nodes=2)  # 2 "nodes" of 2 ranks
+    for model in (policy, reference):
+        shard_model(model, plan, mesh)
+    weight = reference.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
+    report = {"mesh": list(mesh.shape), "names": list(mesh.mesh_dim_names),
+              "placements": [str(p) for p in weight.placements],
+              "local_rows": weight.to_local().shape[0], "rows": weight.shape[0]}
+    calls = []
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+        setattr(dist, name, lambda *a, _n=name, _f=original, **k: (calls.append(_n), _f(*a, **k))[1])
+    ops = Ops()
+    alpha = 0.3
+    if rank == 3:  # the others wait in a gloo barrier: a collective here would hang, then time out
+        with ops:
+            update_reference_(reference, policy, alpha)
+    report["ops"], report["collectives"] = ops.names, list(calls)
+    calls.clear()
+    torch.distributed.distributed_c10d.barrier()
+    if rank != 3:
+        update_reference_(reference, policy, alpha)
+    report["local"] = weight.to_local().flatten()[:4].tolist()
+    state = full_state_dicts(types.SimpleNamespace(reference=reference), None, ["reference"])["reference"]
+    if rank == 0:
+        expect = {k: alpha * pol0[k] + (1 - alpha) * ref0[k] for k in ref0}
+        report["max_error"] = max((state[k] - expect[k]).abs().max().item() for k in expect)
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(report, fh)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    mp.spawn(worker, args=(4, out, f"file://{out}/store"), nprocs=4, join=True)
+"""
+
+
+@pytest.mark.slow
+def test_hsdp_2x2_reference_update_is_shard_local_and_follows_the_rule(tmp_path: Path) -> None:
+    script = tmp_path / "hsdp_update.py"
+    script.write_text(HSDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    first = reports[0]
+    assert first["mesh"] == [2, 2] and first["names"] == ["replicate", "shard"]
+    assert first["placements"] == ["R", "S(0)"]  # Replicate(), Shard(0)
+    assert first["local_rows"] * 2 == first["rows"]  # sharded in two, not in four
+    # Replicas (ranks 0 and 2, 1 and 3) hold the same shard; the two shards differ.
+    assert reports[0]["local"] == reports[2]["local"] and reports[1]["local"] == reports[3]["local"]
+    assert reports[0]["local"] != reports[1]["local"]
+    ops = reports[3]["ops"]
+    assert ops, "the dispatch recorder saw nothing: it would miss collectives too"
+    assert reports[3]["collectives"] == [] and not [op for op in ops if "c10d" in op], ops
+    assert first["max_error"] < 1e-6  # gathered reference = α·θ + (1 − α)·θ_ref
+
+
+# --- end to end: devices=auto on 2 CPU ranks, hybrid (2 replicas × 1 shard) ----------------------
+# CPU's "auto" is one device; this wrapper (``python -m auto_two``) makes it two, as on a 2-GPU node,
+# and is what Lightning's launcher re-runs for the second rank.
+AUTO_TWO = """
+import runpy
+from lightning.pytorch.accelerators import CPUAccelerator
+CPUAccelerator.auto_device_count = staticmethod(lambda: 2)
+runpy.run_module("tralign.train", run_name="__main__")
+"""
+RUN = [
+    a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.batch_size", "trainer.val_check"))
+] + [
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=100",
+    "data.golden_eval=null",
+    "export.reference=true",
+]
+
+
+def _run(tmp_path: Path, name: str, argv0: list[str], *args: str) -> Path:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, *argv0, *RUN, *args, f"hydra.run.dir={tmp_path / name}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / name
+
+
+@pytest.mark.slow
+def test_fsdp2_devices_auto_on_two_ranks_with_hybrid_mesh_matches_one_process(tmp_path: Path) -> None:
+    one = _run(tmp_path, "one", ["-m", "tralign.train"], "data.batch_size=8")
+    (tmp_path / "auto_two.py").write_text(AUTO_TWO)
+    two = _run(
+        tmp_path,
+        "two",
+        ["-m", "auto_two"],
+        "trainer=fsdp2",
+        "trainer.accelerator=cpu",
+        "trainer.devices=auto",
+        "trainer.strategy.mixed_precision=null",
+        "trainer.strategy.hybrid=true",
+        "trainer.strategy.shard_size=1",
+        "data.batch_size=4",
+    )
+    summary = json.loads((two / "summary.json").read_text())
+    assert (summary["status"], summary["global_step"], summary["global_batch_size"]) == ("completed", 3, 8)
+    for part in ("policy", "reference"):
+        a, b = (load_file(run / part / "model.safetensors") for run in (one, two))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=f"{part}.{key}")
