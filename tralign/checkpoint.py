@@ -10,9 +10,11 @@ state is written once, not twice (a 6.9B policy with its reference and AdamW sta
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -21,14 +23,39 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tralign.errors import TralignError
 
 PARTIAL = ".partial"
+log = logging.getLogger("tralign")
 
 
-def resolve_ckpt_path(value: str | os.PathLike[str] | None) -> str | None:
-    """``ckpt_path`` as given: a checkpoint (file, or a sharded checkpoint's folder), or a run folder,
-    which means its newest checkpoint (highest step, pre-emption checkpoints included). The run-folder form needs
-    no quoting on the command line, where ``step=N.ckpt`` does (``ckpt_path="'.../step=N.ckpt'"``)."""
-    if not value:
+AUTO, NONE = "auto", "none"
+
+
+def resolve_ckpt_path(
+    value: str | os.PathLike[str] | None,
+    run_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> str | None:
+    """The checkpoint ``ckpt_path`` names, or None to start fresh:
+
+    - a checkpoint (file, or a sharded checkpoint's folder);
+    - a run folder: its newest checkpoint (highest step, pre-emption checkpoints included). This
+      form needs no quoting on the command line, where ``step=N.ckpt`` does
+      (``ckpt_path="'.../step=N.ckpt'"``);
+    - ``auto``: ``run_dir``'s newest checkpoint, or None when it has none. The same command started
+      again in the same folder continues the run;
+    - ``null`` (the default): ``auto`` under SLURM (``SLURM_JOB_ID`` set), so a job that SLURM or
+      submitit requeues after a pre-emption resumes by itself; elsewhere None;
+    - ``none``: start fresh, even under SLURM.
+    """
+    if value is None:
+        value = AUTO if environ.get("SLURM_JOB_ID") else None
+    if not value or str(value) == NONE:
         return None
+    if str(value) == AUTO:
+        newest = newest_checkpoint(Path(run_dir) / "checkpoints") if run_dir is not None else None
+        log.info(
+            "ckpt_path=auto: %s", f"resuming from {newest}" if newest else "no checkpoint, starting fresh"
+        )
+        return str(newest) if newest is not None else None
     path = Path(value)
     newest = newest_checkpoint(path / "checkpoints") if path.is_dir() else None
     if newest is not None:
