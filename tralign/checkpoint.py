@@ -16,6 +16,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -65,6 +66,41 @@ def resolve_ckpt_path(
             f"ckpt_path={value}: neither a checkpoint nor a run folder with checkpoints/last.ckpt"
         )
     return str(path)
+
+
+# Keys a continued run may change: where it resumes from, the folder checks, and how far it goes.
+_MAY_DIFFER = ("ckpt_path", "output.", "trainer.max_steps")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def check_same_run(run_dir: str | os.PathLike[str], resolved: dict[str, Any]) -> None:
+    """``ckpt_path=auto`` continues the run of ``run_dir`` only with that run's config (its
+    ``config_resolved.yaml``); another config in the same folder (two sweep points started in
+    one SLURM allocation, say) is refused in one line instead of silently resuming the other's."""
+    saved_path = Path(run_dir) / "config_resolved.yaml"
+    if not saved_path.is_file():
+        return
+    import yaml
+
+    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(resolved)
+    differ = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if not k.startswith(_MAY_DIFFER) and saved.get(k, "<unset>") != now.get(k, "<unset>")
+    ]
+    if differ:
+        shown = ", ".join(
+            f"{k}: {saved.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} now" for k in differ[:3]
+        )
+        raise TralignError(
+            f"ckpt_path=auto: {run_dir} holds a run with another config ({shown}"
+            f"{' ...' if len(differ) > 3 else ''}); continue it with its own config, or use a fresh hydra.run.dir"
+        )
 
 
 def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

@@ -88,11 +88,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
-    from tralign.checkpoint import resolve_ckpt_path
+    from tralign.checkpoint import check_same_run, resolve_ckpt_path
     from tralign.safety import check_output_dir
 
     # A run folder means its newest checkpoint; auto (the default under SLURM) this run's folder's.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path and cfg.get("ckpt_path") in (None, "auto"):
+        check_same_run(run_dir, OmegaConf.to_container(cfg, resolve=True))  # never another run's state
     # Unwritable, full, or another run's folder: refuse before anything is built.
     check_output_dir(run_dir, cfg.get("output"), ckpt_path)
     import lightning as L
