@@ -1,5 +1,6 @@
 """Training-loop guards (tralign/guards.py): non-finite steps are skipped or stop the run with a
-checkpoint of the last good state; SIGTERM saves a checkpoint that resumes exactly."""
+checkpoint of the last good state; a pre-emption signal (SIGTERM, submitit's SIGUSR2, a configured
+one) saves a checkpoint from which the same command, started again, resumes exactly."""
 
 from __future__ import annotations
 
