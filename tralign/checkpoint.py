@@ -10,10 +10,13 @@ state is written once, not twice (a 6.9B policy with its reference and AdamW sta
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,14 +24,39 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tralign.errors import TralignError
 
 PARTIAL = ".partial"
+log = logging.getLogger("tralign")
 
 
-def resolve_ckpt_path(value: str | os.PathLike[str] | None) -> str | None:
-    """``ckpt_path`` as given: a checkpoint (file, or a sharded checkpoint's folder), or a run folder,
-    which means its newest checkpoint (highest step, pre-emption checkpoints included). The run-folder form needs
-    no quoting on the command line, where ``step=N.ckpt`` does (``ckpt_path="'.../step=N.ckpt'"``)."""
-    if not value:
+AUTO, NONE = "auto", "none"
+
+
+def resolve_ckpt_path(
+    value: str | os.PathLike[str] | None,
+    run_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> str | None:
+    """The checkpoint ``ckpt_path`` names, or None to start fresh:
+
+    - a checkpoint (file, or a sharded checkpoint's folder);
+    - a run folder: its newest checkpoint (highest step, pre-emption checkpoints included). This
+      form needs no quoting on the command line, where ``step=N.ckpt`` does
+      (``ckpt_path="'.../step=N.ckpt'"``);
+    - ``auto``: ``run_dir``'s newest checkpoint, or None when it has none. The same command started
+      again in the same folder continues the run;
+    - ``null`` (the default): ``auto`` under SLURM (``SLURM_JOB_ID`` set), so a job that SLURM or
+      submitit requeues after a pre-emption resumes by itself; elsewhere None;
+    - ``none``: start fresh, even under SLURM.
+    """
+    if value is None:
+        value = AUTO if environ.get("SLURM_JOB_ID") else None
+    if not value or str(value) == NONE:
         return None
+    if str(value) == AUTO:
+        newest = newest_checkpoint(Path(run_dir) / "checkpoints") if run_dir is not None else None
+        log.info(
+            "ckpt_path=auto: %s", f"resuming from {newest}" if newest else "no checkpoint, starting fresh"
+        )
+        return str(newest) if newest is not None else None
     path = Path(value)
     newest = newest_checkpoint(path / "checkpoints") if path.is_dir() else None
     if newest is not None:
@@ -38,6 +66,41 @@ def resolve_ckpt_path(value: str | os.PathLike[str] | None) -> str | None:
             f"ckpt_path={value}: neither a checkpoint nor a run folder with checkpoints/last.ckpt"
         )
     return str(path)
+
+
+# Keys a continued run may change: where it resumes from, the folder checks, and how far it goes.
+_MAY_DIFFER = ("ckpt_path", "output.", "trainer.max_steps")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def check_same_run(run_dir: str | os.PathLike[str], resolved: dict[str, Any]) -> None:
+    """``ckpt_path=auto`` continues the run of ``run_dir`` only with that run's config (its
+    ``config_resolved.yaml``); another config in the same folder (two sweep points started in
+    one SLURM allocation, say) is refused in one line instead of silently resuming the other's."""
+    saved_path = Path(run_dir) / "config_resolved.yaml"
+    if not saved_path.is_file():
+        return
+    import yaml
+
+    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(resolved)
+    differ = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if not k.startswith(_MAY_DIFFER) and saved.get(k, "<unset>") != now.get(k, "<unset>")
+    ]
+    if differ:
+        shown = ", ".join(
+            f"{k}: {saved.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} now" for k in differ[:3]
+        )
+        raise TralignError(
+            f"ckpt_path=auto: {run_dir} holds a run with another config ({shown}"
+            f"{' ...' if len(differ) > 3 else ''}); continue it with its own config, or use a fresh hydra.run.dir"
+        )
 
 
 def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

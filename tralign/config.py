@@ -12,12 +12,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from tralign.data.batch_plan import batch_problems
 from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.dtypes import dtype_problems
 from tralign.errors import ConfigError
 from tralign.losses import LOSSES, check_loss_params
 from tralign.reference import ReferenceSchedule, schedule_problems
 from tralign.safety import check_no_secrets
+from tralign.signals import signal_problems
 from tralign.strategies import strategy_problems
 
 METHOD_META_KEYS = {"name", "loss", "trust_region"}
@@ -158,12 +160,14 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"logger.mode: must be one of {', '.join(LOGGER_MODES)}, got {cfg.logger.get('mode')!r}"
         )
-    if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).exists():
+    if cfg.get("ckpt_path") not in (None, "auto", "none") and not Path(str(cfg.ckpt_path)).exists():
         # A file, or a folder (sharded checkpoints are folders, see tralign/checkpoint.py).
         problems.append(f"ckpt_path={cfg.ckpt_path}: no such file or folder")
     problems += strategy_problems(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))
     problems += _guard_output_problems(cfg)
     problems += dtype_problems(cfg)  # model.dtype, model.reference_dtype, export.dtype
+    problems += signal_problems(OmegaConf.select(cfg, "guard.preemption_signals", default=None))
+    problems += batch_problems(cfg)  # data.global_batch_size: cut over the ranks (tralign/data/batch_plan.py)
     problems += _fuzzed_problems(cfg)
     check_no_secrets(cfg, problems)  # its own error: the value must also be redacted from Hydra's files
     if problems:

@@ -11,11 +11,14 @@ move the policy. The guard tells the module (``skip_optimizer_step``), whose τ 
 since bad updates were skipped — and stops with :class:`NonFiniteError` (exit code 3). Before the
 reference moves, the policy's weights are checked too: a non-finite policy is never mixed into it.
 
-``PreemptionCheckpoint`` replaces Lightning's SIGTERM handler with one that only sets a flag; at the
-end of every optimizer step (reference updated) the ranks agree on it with one ``all_reduce`` and, if
-any rank was signalled, all of them save ``checkpoints/preempt-stepN.ckpt`` together, write
-``summary.json`` with status ``preempted`` and raise ``SIGTERMException`` at the same step;
-``python -m tralign.train`` then exits with code 143. Resume with ``ckpt_path=``.
+``PreemptionCheckpoint`` replaces the handlers of the pre-emption signals (SIGTERM, and submitit's
+SIGUSR2 under submitit, or ``guard.preemption_signals``: tralign/signals.py) with one that only sets a
+flag; at the end of every optimizer step (reference updated) the ranks agree on it with one
+``all_reduce`` and, if any rank was signalled, all of them save ``checkpoints/preempt-stepN.ckpt``
+together, write ``summary.json`` with status ``preempted`` and raise ``SIGTERMException`` at the same
+step; ``python -m tralign.train`` then exits with code 143. Under submitit its own handler (pickle the
+job, ``scontrol requeue``) runs only after that save. Resume with ``ckpt_path=auto`` (the default
+under SLURM: a requeued job resumes by itself) or ``ckpt_path=<checkpoint>``.
 """
 
 from __future__ import annotations
@@ -223,36 +226,81 @@ def _applied(pl_module: L.LightningModule) -> dict[str, int]:
 
 
 class PreemptionCheckpoint(L.Callback):
-    """Save a resumable checkpoint when SIGTERM (SLURM's pre-emption warning) arrives, then stop.
+    """Save a resumable checkpoint when a pre-emption signal arrives, then stop.
 
-    Lightning's own SIGTERM handler is replaced once training starts: it runs a ``dist.broadcast``
-    inside the handler (collectives matched out of order when several ranks are signalled) and
-    makes the loops raise at whichever batch each rank happens to be in. Ours only sets a flag; at
-    every optimizer-step boundary the ranks OR their flags with one ``all_reduce`` (only with more
-    than one process) and, if any was signalled, all of them save the checkpoint together and
-    raise ``SIGTERMException`` at the same step.
+    ``signals``: SIGTERM (SLURM's pre-emption warning, torchrun's agent), submitit's SIGUSR2
+    (tralign/signals.py). Lightning's own SIGTERM handler is replaced once training starts: it runs
+    a ``dist.broadcast`` inside the handler (collectives matched out of order when several ranks
+    are signalled) and makes the loops raise at whichever batch each rank happens to be in.
+    submitit's handler is replaced too: on rank 0 it requeues the job and raises ``SystemExit``
+    from wherever the main thread is, while the other ranks wait in the next collective, so no
+    checkpoint would be written. Ours only sets a flag; at every optimizer-step boundary the ranks
+    OR their flags with one ``all_reduce`` (only with more than one process) and, if any was
+    signalled, all of them save the checkpoint together, hand submitit's signal to submitit's
+    handler (``requeue_signal``: it requeues the job, which then resumes with ``ckpt_path=auto``)
+    and raise ``SIGTERMException`` at the same step.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        signals: tuple[int, ...] = (signal.SIGTERM,),
+        requeue_signal: int | None = None,
+    ) -> None:
         self.saved: Path | None = None
         self.received = False  # set by the signal handler, nothing else happens there
+        self.signals = tuple(signals)
+        self.requeue_signal = requeue_signal  # submitit's: its handler runs after our save
+        self._got: set[int] = set()  # which signals arrived (for the messages and the hand-over)
+        self._requeue_handler: Any = None
         self._seen_step = -1
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         # A signal handler runs between two bytecodes of the main thread, possibly inside a
         # collective's Python frames or a logging call: set the flag, nothing more.
         self.received = True
+        self._got.add(signum)
+
+    @property
+    def signal_name(self) -> str:
+        """The signal(s) received, for messages: ``SIGTERM``, ``SIGUSR2`` ..."""
+        return "+".join(signal.Signals(s).name for s in sorted(self._got)) or "SIGTERM"
 
     def _install(self, trainer: L.Trainer) -> None:
-        """Replace Lightning's SIGTERM handler (registered just before the sanity check). Lightning
-        restores the pre-``fit`` handler when ``fit`` ends, ours included."""
+        """Replace the handlers of ``signals`` (Lightning's SIGTERM one is registered just before
+        the sanity check). Lightning restores the pre-``fit`` handlers when ``fit`` ends."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal.signal works only there (Lightning registers nothing then either)
         connector = getattr(trainer, "_signal_connector", None)
-        if connector is not None and connector.received_sigterm:
+        if connector is not None and connector.received_sigterm and signal.SIGTERM in self.signals:
             # Lightning's handler caught one before ours was in place: take it over.
             self.received, connector.received_sigterm = True, False
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._got.add(signal.SIGTERM)
+        for sig in self.signals:
+            current = signal.getsignal(sig)
+            if sig == self.requeue_signal and callable(current) and current != self._on_sigterm:
+                self._requeue_handler = current  # submitit's: called after our checkpoint
+            signal.signal(sig, self._on_sigterm)
+
+    def _agree(self, device: torch.device) -> tuple[bool, bool]:
+        """(some rank was signalled, some rank got the requeue signal): one collective, every rank."""
+        flags = [self.received, self.requeue_signal in self._got]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([float(f) for f in flags], device=device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flags = [bool(v > 0) for v in t.tolist()]
+        return flags[0], flags[1]
+
+    def _hand_over(self, requeue: bool) -> None:
+        """After the checkpoint: let submitit's handler requeue the job (rank 0; on the others it
+        only logs). It ends with ``sys.exit(-1)``: swallowed, every rank exits 143 together."""
+        if not requeue or self._requeue_handler is None:
+            return
+        try:
+            self._requeue_handler(self.requeue_signal, None)
+        except SystemExit:
+            pass
+        except Exception as err:  # e.g. submitit's "timed-out too many times": no requeue
+            log.warning("pre-emption: the launcher did not requeue the job: %s", err)
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
@@ -270,22 +318,27 @@ class PreemptionCheckpoint(L.Callback):
             return
         self._seen_step = step
         # The only collective: every rank gets here at every optimizer step, in the same order.
-        if not _any_rank(self.received, pl_module.device):
+        stop, requeue = self._agree(pl_module.device)
+        if not stop:
             return
-        log.warning("SIGTERM: stopping after optimizer step %d", step)
+        log.warning("%s: stopping after optimizer step %d", self.signal_name, step)
         # The module moves its reference after the callbacks; do it now so the checkpoint holds
         # the reference of this step (step_reference is idempotent).
         if hasattr(pl_module, "step_reference"):
             pl_module.step_reference()
         _coordinated_exit(trainer)
         self._preempt(trainer)  # every rank: a sharded checkpoint needs all of them
+        self._hand_over(requeue)  # the checkpoint is complete: now submitit may requeue
+        raise self._exception()  # on every rank at the same step; main() exits with 143
+
+    def _exception(self) -> SIGTERMException:
         err = SIGTERMException()
-        err.checkpoint = self.saved
-        raise err  # on every rank at the same step; main() exits with 143
+        err.checkpoint, err.signal_name = self.saved, self.signal_name
+        return err
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.received and self.saved is None:
-            log.warning("SIGTERM after the last optimizer step: the final checkpoint follows")
+            log.warning("%s after the last optimizer step: the final checkpoint follows", self.signal_name)
 
     # The run's closing trainer.validate (after fit): the same flag, agreed on once at its end.
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -293,7 +346,10 @@ class PreemptionCheckpoint(L.Callback):
             self._install(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != "validate" or not _any_rank(self.received, pl_module.device):
+        if trainer.state.fn != "validate":
+            return
+        stop, requeue = self._agree(pl_module.device)
+        if not stop:
             return
         # Training is over and its final checkpoint written (AtomicCheckpoint.on_train_end):
         # that one resumes (to the export) as well as a new one would.
@@ -303,11 +359,12 @@ class PreemptionCheckpoint(L.Callback):
         _write_summary(trainer, "preempted", checkpoint=str(self.saved) if self.saved else None)
         _coordinated_exit(trainer)
         log.warning(
-            "pre-empted (SIGTERM) after training, before the export; resume with ckpt_path=%s", self.saved
+            "pre-empted (%s) after training, before the export; resume with ckpt_path=%s",
+            self.signal_name,
+            self.saved,
         )
-        err = SIGTERMException()
-        err.checkpoint = self.saved
-        raise err
+        self._hand_over(requeue)
+        raise self._exception()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -320,6 +377,7 @@ class PreemptionCheckpoint(L.Callback):
             self._save_late(trainer)
         finally:
             exception.checkpoint = self.saved  # for the command line's last message
+            exception.signal_name = self.signal_name
         _wait_for_children(trainer)
 
     def _save_late(self, trainer: L.Trainer) -> None:
@@ -341,9 +399,10 @@ class PreemptionCheckpoint(L.Callback):
     def _preempt(self, trainer: L.Trainer) -> None:
         step = trainer.global_step
         self.saved = _save(trainer, f"preempt-step{step}.ckpt")
-        _write_summary(trainer, "preempted", checkpoint=str(self.saved))
+        _write_summary(trainer, "preempted", checkpoint=str(self.saved), signal=self.signal_name)
         log.warning(
-            "pre-empted (SIGTERM) after optimizer step %d: checkpoint %s; resume with ckpt_path=%s",
+            "pre-empted (%s) after optimizer step %d: checkpoint %s; resume with ckpt_path=%s",
+            self.signal_name,
             step,
             self.saved,
             self.saved,
@@ -387,5 +446,8 @@ def guard_callbacks(guard_cfg: Any) -> list[L.Callback]:
         # First: its weight check must run before anything moves the reference.
         callbacks.append(NonFiniteGuard(on_nonfinite, int(guard_cfg.get("max_consecutive_nonfinite", 10))))
     if guard_cfg.get("preemption_checkpoint", True):
-        callbacks.append(PreemptionCheckpoint())
+        from tralign.signals import preemption_signals, submitit_signal
+
+        signals = preemption_signals(guard_cfg.get("preemption_signals"))
+        callbacks.append(PreemptionCheckpoint(signals, requeue_signal=submitit_signal()))
     return callbacks

@@ -3,8 +3,8 @@
 Hydra names a run's folder when each process starts. Under torchrun or ``srun`` every rank is its own
 Python process, so ``${now:...}`` could differ by a second between ranks and split one run over two
 folders. ``${run_stamp:}`` uses the launcher's id when there is one: torchrun's rendezvous id
-(``--standalone`` draws one; else ``--rdzv-id``), SLURM's job id (and array task) for multi-task jobs;
-otherwise the local time. Lightning's own launcher passes ``hydra.run.dir`` to the processes it
+(``--standalone`` draws one; else ``--rdzv-id``), SLURM's job id (and array task) for multi-task jobs,
+which stays the same when SLURM requeues the job; otherwise the local time. Lightning's own launcher passes ``hydra.run.dir`` to the processes it
 starts, so single-command runs need none of this.
 """
 
@@ -23,7 +23,9 @@ def run_stamp() -> str:
     job = os.environ.get("SLURM_JOB_ID")
     if job and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         array = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"{time.strftime('%Y-%m-%d')}/slurm-{job}" + (f"-{array}" if array else "")
+        # No date: a job SLURM requeues (pre-emption, submitit after a time-out) may restart the next
+        # day, and must find its folder again to resume (ckpt_path=auto, the default under SLURM).
+        return f"slurm-{job}" + (f"-{array}" if array else "")
     return time.strftime("%Y-%m-%d/%H-%M-%S")
 
 

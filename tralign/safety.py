@@ -3,7 +3,8 @@
 Output folder (``conf/train.yaml``'s ``output`` block): it must be writable and have at least
 ``output.min_free_gb`` free, and it must not hold another run's results (``summary.json`` of a run
 that got past validation, checkpoints, an exported policy) unless ``output.overwrite=true`` or the
-run resumes from a checkpoint inside it (``ckpt_path=<dir>/checkpoints/...``). Hydra gives every run
+run resumes from a checkpoint inside it (``ckpt_path=<dir>/checkpoints/...``, or ``ckpt_path=auto``,
+the default under SLURM, which finds the folder's newest one). Hydra gives every run
 a fresh timestamped folder, so this only matters for a pinned ``hydra.run.dir=...``. Nothing is
 ever deleted.
 
@@ -156,7 +157,9 @@ def previous_run(run_dir: Path) -> str | None:
             status = json.loads(summary.read_text()).get("status")
         except (ValueError, OSError, AttributeError):
             status = "unreadable"
-        if status != "failed":  # a run refused at validation left nothing worth keeping
+        # A run refused at validation, or pre-empted before its first checkpoint, left nothing
+        # worth keeping (a pre-empted run's checkpoints are found above: ckpt_path=auto resumes them).
+        if status not in ("failed", "preempted"):
             return f"summary.json (status {status})"
     return None
 
@@ -190,6 +193,6 @@ def check_output_dir(run_dir: Path, output_cfg: Any = None, ckpt_path: str | Non
     if found:
         raise TralignError(
             f"output folder {run_dir} already holds another run's {found}; refusing to overwrite it "
-            "(output.overwrite=true to write there anyway, ckpt_path=<a checkpoint in it> to resume "
-            "that run, or a fresh hydra.run.dir)"
+            "(output.overwrite=true to write there anyway, ckpt_path=auto or <a checkpoint in it> to "
+            "resume that run, or a fresh hydra.run.dir)"
         )

@@ -88,10 +88,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the summary (also written to ``run_dir/summary.json``)."""
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
-    from tralign.checkpoint import resolve_ckpt_path
+    from tralign.checkpoint import check_same_run, resolve_ckpt_path
     from tralign.safety import check_output_dir
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # a run folder means its last checkpoint
+    # A run folder means its newest checkpoint; auto (the default under SLURM) this run's folder's.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path and cfg.get("ckpt_path") in (None, "auto"):
+        check_same_run(run_dir, OmegaConf.to_container(cfg, resolve=True))  # never another run's state
     # Unwritable, full, or another run's folder: refuse before anything is built.
     check_output_dir(run_dir, cfg.get("output"), ckpt_path)
     from tralign.models import checkpoint_dtype
@@ -112,6 +115,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # print every Lightning message a second time.
         logging.getLogger("lightning").handlers.clear()
 
+    from tralign.data.batch_plan import confirm_world, plan_from_cfg
     from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
     from tralign.eval.golden import golden_eval
     from tralign.loading import build_policy_for_strategy, prepare_fsdp1
@@ -126,12 +130,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     spec = LOSSES[cfg.method.loss]
     tokenizer = build_tokenizer(cfg.model, cfg.data)
+    plan = plan_from_cfg(cfg)  # micro-batch and accumulation: data.global_batch_size over the ranks
     data = PreferenceDataModule(
-        cfg.data, tokenizer, mode=mode_for_loss(spec), seed=int(cfg.seed)
+        cfg.data,
+        tokenizer,
+        mode=mode_for_loss(spec),
+        seed=int(cfg.seed),
+        micro_batch=plan.micro_batch,
+        accumulate=plan.accumulate,
     )  # reads and tokenises now: bad data fails before the model is built
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # fsdp/fsdp2: no whole policy per rank; its weights arrive once sharded (tralign.loading).
     policy, deferred = build_policy_for_strategy(cfg.model, tokenizer, trainer_kwargs["strategy"])
+    trainer_kwargs["accumulate_grad_batches"] = plan.accumulate
     strategy, shard_plan = build_strategy(
         trainer_kwargs.pop("strategy"),
         policy,
@@ -166,6 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         callbacks=_callbacks(cfg, run_dir, logger is not None),
         default_root_dir=str(run_dir),
     )
+    plan = confirm_world(plan, trainer.world_size, cfg.data.get("global_batch_size") is not None)
     # weights_only: a checkpoint is data, never code (no arbitrary pickles are unpickled).
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     train_metrics = _floats(dict(trainer.callback_metrics), "train/")
@@ -187,9 +199,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "data": cfg.data.name,
         "model": cfg.model.name,
-        "global_batch_size": int(cfg.data.batch_size)
-        * int(cfg.trainer.accumulate_grad_batches)
-        * trainer.world_size,
+        **plan.summary(),  # global batch, micro-batch, accumulation, world size
         **setup,
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
@@ -324,10 +334,10 @@ def main(cfg: DictConfig) -> float | None:
 
         if not is_preemption(err):
             raise
-        # SIGTERM: PreemptionCheckpoint saved a checkpoint and wrote summary.json (status preempted).
-        where = getattr(err, "checkpoint", None)
-        resume = f"resume with ckpt_path={where}" if where else "no checkpoint written"
-        print(f"tralign: pre-empted (SIGTERM): {resume}", file=sys.stderr)
+        # SIGTERM/SIGUSR2: PreemptionCheckpoint saved a checkpoint and wrote summary.json (status preempted).
+        where, name = getattr(err, "checkpoint", None), getattr(err, "signal_name", "SIGTERM")
+        resume = f"resume with ckpt_path={where} (or ckpt_path=auto)" if where else "no checkpoint written"
+        print(f"tralign: pre-empted ({name}): {resume}", file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None
     except Exception as err:
         if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):

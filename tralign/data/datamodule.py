@@ -140,20 +140,17 @@ class ResumableDataLoader(DataLoader):
         return {
             "epoch": int(sampler.epoch),
             "batches_done": self._batches_done(),
-            "global_batch_rows": sampler.rows_per_batch * sampler.num_replicas,
+            "global_batch_rows": sampler.global_batch_rows,
         }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         # Global batches depend on (seed, epoch, rows per global batch) only: a run may resume on
         # another number of ranks, but not with another global batch (it would skip or repeat rows).
-        saved, now = (
-            state.get("global_batch_rows"),
-            self.batch_sampler.rows_per_batch * self.batch_sampler.num_replicas,
-        )
+        saved, now = state.get("global_batch_rows"), self.batch_sampler.global_batch_rows
         if saved is not None and int(saved) != now:
             raise DataError(
                 f"ckpt_path: the checkpoint was trained on global batches of {saved} rows, this run makes "
-                f"{now} (data.batch_size x ranks); resume with the same global batch"
+                f"{now} (data.global_batch_size); resume with the same global batch"
             )
         epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(self.batch_sampler):  # saved after an epoch's last batch: the next one is due
@@ -172,9 +169,15 @@ class PreferenceDataModule(L.LightningDataModule):
         mode: Mode = "pair",
         seed: int = 0,
         split: Split | None = None,
+        micro_batch: int | None = None,
+        accumulate: int = 1,
     ):
         super().__init__()
         self.cfg = data_cfg
+        # The cut of the global batch (tralign/data/batch_plan.py): rows per device per micro-batch
+        # (default data.batch_size) and micro-batches per optimizer step.
+        self.micro_batch = int(data_cfg["batch_size"]) if micro_batch is None else int(micro_batch)
+        self.accumulate = int(accumulate)
         self.tokenizer = tokenizer
         self.mode = mode
         self.seed = seed
@@ -236,9 +239,10 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_batch_sampler(self, *, group_by_length: bool | None = None) -> LengthGroupedBatchSampler:
         return LengthGroupedBatchSampler(
             self.train_lengths,
-            int(self.cfg["batch_size"]),
+            self.micro_batch,
             seed=self.seed,
             group_by_length=self.group_by_length if group_by_length is None else group_by_length,
+            accumulate=self.accumulate,
             **self._replicas(),
         )
 

@@ -3,20 +3,23 @@
 One epoch, deterministic in (seed, epoch) and independent of how many ranks share it:
 
 1. a seeded random permutation of the examples (:class:`EpochPermutation`);
-2. cut to a whole number of *global* batches (``batch_size`` rows for each of W ranks); the few
-   rows left over differ every epoch;
+2. cut to a whole number of *global* batches (the rows of one optimizer step: ``batch_size`` rows
+   for each of W ranks and each of A accumulated micro-batches); the few rows left over differ
+   every epoch;
 3. with grouping, split into mega-batches of ``mega_batch`` global batches, sort each by length
    (longest first) and cut it into global batches: neighbours in a sorted mega-batch have similar
    lengths, so a batch pads little, while which rows meet in a mega-batch stays random;
 4. shuffle the batch order (lengths must not drift through the epoch); with grouping, the global
    batch holding the longest row goes first, so an out-of-memory shows at step 0;
-5. rank r of W takes rows r, r + W, r + 2W, ... of every global batch: disjoint shares of equal
-   size, so every rank runs the same number of steps (per-step collectives such as KTO's
-   all-gathered KL need that), and a similar mix of lengths on every rank.
+5. micro-step a of A takes the a-th slice of W x ``batch_size`` rows of its global batch, and rank
+   r of W takes rows r, r + W, r + 2W, ... of that slice: disjoint shares of equal size, so every
+   rank runs the same number of steps (per-step collectives such as KTO's all-gathered KL need
+   that), and a similar mix of lengths on every rank.
 
-Because the global batches depend only on (seed, epoch, batch_size × W), a run on W ranks with
-``batch_size`` B trains on exactly the rows that one process with ``batch_size`` W·B trains on,
-step for step (tests/test_scale.py compares the resulting models).
+Because the global batches depend only on (seed, epoch, global batch G = batch_size × A × W), every
+cut of the same G (tralign/data/batch_plan.py) trains on exactly the same rows, step for step: one
+process with 4 rows × 2 micro-batches and two processes with 4 rows each alike (tests/test_scale.py
+compares the resulting models).
 
 Resuming mid-epoch: :meth:`LengthGroupedBatchSampler.resume_at` makes the next iteration skip the
 batches a checkpointed run had already trained on (see ``ResumableDataLoader`` in datamodule.py).
@@ -71,8 +74,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     ``lengths[i]`` is the grouping key of example i (its longest sequence in a batch).
     ``group_by_length=False`` gives plain shuffled batches with the same sharding. ``num_replicas``
-    and ``rank`` default to ``torch.distributed``'s when it is initialised, else 1 and 0. With fewer
-    rows than one full batch per rank, each rank gets one batch of ``len(lengths) // num_replicas``.
+    and ``rank`` default to ``torch.distributed``'s when it is initialised, else 1 and 0.
+    ``accumulate`` micro-batches make one optimizer step: it yields A micro-batches of
+    ``batch_size`` rows per global batch, and ``len()`` counts micro-batches. With fewer rows than
+    one full global batch, the micro-batch shrinks to ``len(lengths) // (num_replicas * accumulate)``.
     """
 
     def __init__(
@@ -85,9 +90,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         mega_batch: int = MEGA_BATCH,
         num_replicas: int | None = None,
         rank: int | None = None,
+        accumulate: int = 1,
     ):
-        if batch_size < 1 or mega_batch < 1:
-            raise ValueError(f"batch_size and mega_batch must be >= 1, got {batch_size} and {mega_batch}")
+        if batch_size < 1 or mega_batch < 1 or accumulate < 1:
+            raise ValueError(
+                f"batch_size, mega_batch and accumulate must be >= 1, got {batch_size}, {mega_batch}, {accumulate}"
+            )
         world, own = _dist_defaults()
         self.num_replicas = world if num_replicas is None else num_replicas
         self.rank = own if rank is None else rank
@@ -96,7 +104,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if len(lengths) < self.num_replicas:
             raise ValueError(f"{len(lengths)} training row(s) cannot be shared by {self.num_replicas} ranks")
         self.lengths = list(lengths)
-        self.rows_per_batch = min(batch_size, len(self.lengths) // self.num_replicas)
+        self.accumulate = accumulate
+        self.rows_per_batch = min(batch_size, len(self.lengths) // (self.num_replicas * accumulate))
+        if self.rows_per_batch < 1:
+            raise ValueError(
+                f"{len(self.lengths)} training row(s) cannot fill {accumulate} micro-batch(es) on each of "
+                f"{self.num_replicas} ranks"
+            )
         self.group_by_length = group_by_length
         self.mega_batch = mega_batch
         # Named `sampler` on purpose: Lightning's epoch hook reaches `batch_sampler.sampler.set_epoch`.
@@ -114,15 +128,22 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         """Make the next iteration over ``epoch`` start after its first ``batches_done`` batches."""
         self._resume = (epoch, batches_done)
 
+    @property
+    def global_batch_rows(self) -> int:
+        """Rows per optimizer step, all ranks and micro-batches together."""
+        return self.rows_per_batch * self.num_replicas * self.accumulate
+
     def __len__(self) -> int:
-        return len(self.lengths) // (self.rows_per_batch * self.num_replicas)
+        """Micro-batches per rank per epoch (Lightning's batch count)."""
+        return len(self.lengths) // self.global_batch_rows * self.accumulate
 
     def global_batches(self) -> list[list[int]]:
-        """This epoch's global batches (``rows_per_batch`` × W rows each), in training order."""
-        size = self.rows_per_batch * self.num_replicas
+        """This epoch's global batches (one optimizer step's rows each), in training order."""
+        size = self.global_batch_rows
+        steps = len(self.lengths) // size
         generator = self.sampler.generator()
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        order = order[: len(self) * size]
+        order = order[: steps * size]
         if self.group_by_length:
             chunk = self.mega_batch * size  # a multiple of size, so every batch below is full
             mega = [order[i : i + chunk] for i in range(0, len(order), chunk)]
@@ -136,7 +157,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        mine = [batch[self.rank :: self.num_replicas] for batch in self.global_batches()]
+        micro = self.rows_per_batch * self.num_replicas  # one micro-step's rows, all ranks
+        mine = [
+            batch[a * micro : (a + 1) * micro][self.rank :: self.num_replicas]
+            for batch in self.global_batches()
+            for a in range(self.accumulate)
+        ]
         epoch, done = self._resume
         self._resume = (None, 0)  # one-shot: later epochs start at their beginning
         if epoch == self.epoch:
