@@ -89,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
     from tralign.checkpoint import resolve_ckpt_path
-    from tralign.safety import check_output_dir
+    from tralign.safety import check_checkpoint_space, check_output_dir, checkpoint_bytes
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # a run folder means its last checkpoint
     # Unwritable, full, or another run's folder: refuse before anything is built.
@@ -139,6 +139,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         shard_plan=shard_plan,
         fsdp1_clip_norm=fsdp1_clip,
     )
+    # Now that the model's size is known: room for the checkpoints it will write, before any training.
+    check_checkpoint_space(run_dir, checkpoint_bytes(module), cfg.checkpoint, int(cfg.trainer.max_steps))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = build_logger(cfg.logger, run_dir, run_name=_run_name(cfg), group=_sweep_group(), config=resolved)
@@ -256,6 +258,12 @@ def _write_failure(err: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from tralign.launch import check_launch
+
+    try:
+        check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
+    except TralignError as err:
+        exit_on_user_error(err)
     failed = True
     try:
         summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
