@@ -27,10 +27,7 @@ Usage = namedtuple("Usage", "total used free")
 
 # --- disk space ----------------------------------------------------------------------------------
 def test_checkpoint_slots_count_kept_partial_and_preemption() -> None:
-    assert (
-        checkpoint_slots(1000, 250, keep=None) == 4 + 1
-    )  # every periodic one (the final among them) + pre-emption
-    assert checkpoint_slots(1001, 250, keep=None) == 5 + 1  # and the final one off the grid
+    assert checkpoint_slots(1000, 250, keep=None) == 1 + 1  # keep=null: the next one + pre-emption
     assert checkpoint_slots(10_000, 250, keep=3) == 3 + 1 + 1  # + the .partial written before pruning
     assert checkpoint_slots(500, 250, keep=3) == 2 + 1  # keep never binds: the .partial is one of them
 
@@ -55,6 +52,10 @@ def test_checkpoints_already_in_a_resumed_folder_count_as_reusable(tmp_path: Pat
     (folder / "last.ckpt").symlink_to("step=500.ckpt")
     monkeypatch.setattr(tralign.safety.shutil, "disk_usage", lambda _: Usage(10**6, 0, 3000))
     check_checkpoint_space(tmp_path, 1000, {"keep": 3, "every_n_steps": 250}, 10_000)  # 3000 + 2000 >= 5000
+    with pytest.raises(TralignError, match="checkpoints need"):
+        check_checkpoint_space(tmp_path, 1000, {"keep": 4, "every_n_steps": 250}, 10_000)  # 5000 < 6000
+    # keep=null prunes nothing: the checkpoints there are not reusable; the next two need room.
+    monkeypatch.setattr(tralign.safety.shutil, "disk_usage", lambda _: Usage(10**6, 0, 1999))
     with pytest.raises(TralignError, match="checkpoints need"):
         check_checkpoint_space(tmp_path, 1000, {"keep": None, "every_n_steps": 250}, 10_000)
 

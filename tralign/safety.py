@@ -211,12 +211,13 @@ def checkpoint_bytes(module: Any) -> int:
 
 
 def checkpoint_slots(max_steps: int, every_n_steps: int, keep: int | None) -> int:
-    """Checkpoints on disk at the worst moment: the periodic ones kept (``keep``, or all of them;
-    the final save is one of them), the ``.partial`` being written before the oldest is pruned,
-    and a pre-emption save."""
+    """Checkpoints on disk at the worst moment: the periodic ones kept (the final save is one of
+    them), the ``.partial`` being written before the oldest is pruned, and a pre-emption save.
+    With ``keep=None`` nothing is ever pruned and the user manages the folder: only the next
+    checkpoint and a pre-emption save are counted."""
     periodic = max(1, math.ceil(max_steps / max(1, every_n_steps)))
     if keep is None:
-        return periodic + 1
+        return 2
     return min(keep + 1, periodic) + 1
 
 
