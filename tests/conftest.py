@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.models import tiny_neox  # noqa: F401  (re-exported: tests import it from conftest)
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -113,18 +114,15 @@ def sigkill_after_checkpoint(
     return target
 
 
-def tiny_neox(seed: int = 0):
-    """A 2-layer, 16-wide GPT-NeoX (vocabulary 32) from a fixed seed, for tests of model plumbing."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where CUDA is present."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    return GPTNeoXForCausalLM(config)
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

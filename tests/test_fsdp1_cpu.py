@@ -116,6 +116,9 @@ if __name__ == "__main__":
     runpy.run_module("tralign.train", run_name="__main__", alter_sys=True)
 '''
 
+# Both tests compare with the module-scoped one-process run: one worker makes it once.
+pytestmark = pytest.mark.xdist_group("fsdp1_cpu")
+
 CLIP = 0.05  # far below the gradient norms of this run: the clip binds at every step
 RUN = [
     a

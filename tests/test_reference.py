@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_neox
+from helpers.models import tiny_neox
 from torch import nn
 
 import tralign.module as module_mod
@@ -268,19 +268,8 @@ def test_name_mismatch_with_equal_shapes_raises():
 
 
 def test_neox_architecture_mismatch_raises():
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     ref = tiny_neox()
-    pol = GPTNeoXForCausalLM(
-        GPTNeoXConfig(
-            vocab_size=32,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=48,
-            max_position_embeddings=32,
-        )
-    )
+    pol = tiny_neox(intermediate_size=48)
     with pytest.raises(ValueError, match=r"gpt_neox\.layers\.0\.mlp"):
         soft_update_(ref, pol, 0.5)
 

@@ -273,6 +273,10 @@ def test_real_multirun_then_report(tmp_path: Path) -> None:
         and (sweep / "frontier.png").is_file()
     )
     summaries = [json.loads((sweep / n / "summary.json").read_text()) for n in ("0", "1")]
+    for n, summary in zip(("0", "1"), summaries, strict=True):  # each job is a CLI run with W&B offline
+        assert summary["method"] == "tr_dpo" and summary["status"] == "completed"
+        assert list((sweep / n / "wandb").glob("offline-run-*")), "W&B offline run not written"
+        assert (sweep / n / ".hydra" / "config.yaml").is_file()
     for row, summary in zip(rows, summaries, strict=False):
         assert float(row["golden_reward"]) == summary["golden_reward"]
         assert float(row["golden_kl_init"]) == summary["golden_kl_init"]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint, tiny_neox
+from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint
+from helpers.models import tiny_neox
 from safetensors.torch import load_file
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
@@ -296,29 +297,46 @@ def _assert_same(a: Path, b: Path, atol: float) -> None:
     assert (sa["global_step"], sa["ref_updates"]) == (sb["global_step"], sb["ref_updates"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("checkpoint", ["step=4.ckpt", "step=5.ckpt"])  # mid-epoch, end of epoch
-def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, checkpoint: str) -> None:
-    args = ["data.batch_size=8", "checkpoint.every_n_steps=1" if checkpoint == "step=5.ckpt" else ""]
-    args = [a for a in args if a]
-    whole = _train(tmp_path, "whole", *args, "trainer.max_steps=8")
-    saved = _kill_after(tmp_path, "killed", checkpoint, *args)
-    resumed = _train(tmp_path, "resumed", *args, "trainer.max_steps=8", f"ckpt_path='{saved}'")
-    _assert_same(whole, resumed, atol=0.0)  # bitwise: same data, same order, same reference
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["ref_updates"] == 8
+ONE_PROCESS = [
+    "data.global_batch_size=8",
+    "data.batch_size=4",  # 2 micro-batches of 4 accumulated: resume is exact across accumulation too
+    "checkpoint.every_n_steps=1",
+    "trainer.max_steps=8",
+]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted one-process soft run at 8 pairs for 8 steps, checkpointing every step: the
+    result the resumed runs and the 2-process run are held to (shared: one launch, not three)."""
+    return _train(tmp_path_factory.mktemp("one-process"), "whole", *ONE_PROCESS)
 
 
 @pytest.mark.slow
-def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("scale_one_process")
+def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, one_process: Path) -> None:
+    """One run SIGKILLed once step 5's checkpoint is written, resumed from step 4 (mid-epoch) and
+    from step 5 (the end of the first epoch): both bitwise equal to the uninterrupted run."""
+    args = ONE_PROCESS[:3]
+    saved = _kill_after(tmp_path, "killed", "step=5.ckpt", *args)
+    for checkpoint in ("step=4.ckpt", "step=5.ckpt"):
+        name = f"resumed-{checkpoint.removesuffix('.ckpt').replace('=', '')}"  # no '=' in hydra.run.dir
+        resumed = _train(tmp_path, name, *ONE_PROCESS, f"ckpt_path='{saved.parent / checkpoint}'")
+        _assert_same(one_process, resumed, atol=0.0)  # bitwise: same data, same order, same reference
+        summary = json.loads((resumed / "summary.json").read_text())
+        assert summary["ref_updates"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("scale_one_process")
+def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path, one_process: Path) -> None:
     """torchrun launches the ranks itself (as on a cluster); Lightning sees it and spawns nothing.
     The same data.global_batch_size on both: one process accumulates 2 micro-batches of at most 4
     rows (data.batch_size), two processes run 4 rows each; they train on the same rows step for step."""
-    one = _train(tmp_path, "one", "data.global_batch_size=8", "data.batch_size=4", "trainer.max_steps=6")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*launch, "-m", "tralign.train", *RUN, *TWO_PROC, "data.global_batch_size=8", "trainer.max_steps=6"]
+        [*launch, "-m", "tralign.train", *RUN, *TWO_PROC, "data.global_batch_size=8", "data.batch_size=4", "trainer.max_steps=8"]
         + [f"hydra.run.dir={tmp_path / 'two'}"],
         cwd=tmp_path,
         env=env,
@@ -328,14 +346,14 @@ def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = tmp_path / "two"
-    _assert_same(one, two, atol=1e-5)
+    _assert_same(one_process, two, atol=1e-5)
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["ref_updates"] == 6
+    assert summary["ref_updates"] == 8
     cut = ("global_batch_size", "micro_batch_size", "accumulate_grad_batches", "world_size")
     assert tuple(summary[k] for k in cut) == (8, 4, 1, 2)
-    assert tuple(json.loads((one / "summary.json").read_text())[k] for k in cut) == (8, 4, 2, 1)
+    assert tuple(json.loads((one_process / "summary.json").read_text())[k] for k in cut) == (8, 4, 2, 1)
     # The sharded run's checkpoints are folders of per-rank shards; its export is one whole model.
-    assert (two / "checkpoints" / "step=6.ckpt" / "__1_0.distcp").is_file()
+    assert (two / "checkpoints" / "step=8.ckpt" / "__1_0.distcp").is_file()
     _assert_loads_on_one_process(two / "policy")
 
 

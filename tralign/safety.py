@@ -17,6 +17,7 @@ redacted there (:func:`redact_files`).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import uuid
@@ -195,4 +196,58 @@ def check_output_dir(run_dir: Path, output_cfg: Any = None, ckpt_path: str | Non
             f"output folder {run_dir} already holds another run's {found}; refusing to overwrite it "
             "(output.overwrite=true to write there anyway, ckpt_path=auto or <a checkpoint in it> to "
             "resume that run, or a fresh hydra.run.dir)"
+        )
+
+
+# --------------------------------------------------------------------------- checkpoint space
+
+
+def checkpoint_bytes(module: Any) -> int:
+    """Bytes of one checkpoint of ``module`` (summed over ranks when sharded): every parameter it
+    holds (policy, reference, starting copy) at its stored dtype, plus AdamW's two moments (the
+    parameter's dtype) per trained parameter. fp32 with a kept starting copy: 4 + 4 + 4 + 8 = 20
+    bytes per policy parameter; without it 16 (~110 GB at 6.9B)."""
+    params = list(module.parameters())
+    held = sum(p.numel() * p.element_size() for p in params)
+    moments = 2 * sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return held + moments
+
+
+def checkpoint_slots(max_steps: int, every_n_steps: int, keep: int | None) -> int:
+    """Checkpoints on disk at the worst moment: the periodic ones kept (the final save is one of
+    them), the ``.partial`` being written before the oldest is pruned, and a pre-emption save.
+    With ``keep=None`` nothing is ever pruned and the user manages the folder: only the next
+    checkpoint and a pre-emption save are counted."""
+    periodic = max(1, math.ceil(max_steps / max(1, every_n_steps)))
+    if keep is None:
+        return 2
+    return min(keep + 1, periodic) + 1
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_checkpoint_space(run_dir: Path, per_checkpoint: int, checkpoint_cfg: Any, max_steps: int) -> None:
+    """Raise :class:`TralignError` (one line, with the numbers) unless the run folder's disk can hold
+    the checkpoints this run will write. Periodic checkpoints already in the folder (a resumed run)
+    count as space the run will reuse once ``checkpoint.keep`` prunes them."""
+    keep = checkpoint_cfg.get("keep")
+    every = int(checkpoint_cfg.get("every_n_steps") or max_steps)
+    slots = checkpoint_slots(max_steps, every, None if keep is None else int(keep))
+    need = per_checkpoint * slots
+    folder = Path(run_dir) / "checkpoints"
+    reusable = 0
+    if keep is not None and folder.is_dir():
+        periodic = [p for p in folder.glob("step=*.ckpt") if not p.is_symlink()]
+        reusable = sum(_size_on_disk(p) for p in periodic)
+    free = shutil.disk_usage(run_dir).free
+    if free + reusable < need:
+        gb = 2**30
+        raise TralignError(
+            f"output folder {run_dir}: {free / gb:.1f} GB free, checkpoints need ~{need / gb:.1f} GB "
+            f"({slots} x {per_checkpoint / gb:.2f} GB: checkpoint.keep={keep}, the .partial being written "
+            "and a pre-emption save); set checkpoint.keep lower, free space, or choose another hydra.run.dir"
         )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ STRATEGY_KEYS: dict[str, set[str]] = {
         "state_dict_type",
         "cpu_offload",
         "limit_all_gathers",
+        "timeout_minutes",
     },
     "fsdp2": {
         "mixed_precision",
@@ -51,11 +53,20 @@ STRATEGY_KEYS: dict[str, set[str]] = {
         "save_distributed_checkpoint",
         "hybrid",
         "shard_size",
+        "timeout_minutes",
     },
-    "ddp": {"find_unused_parameters", "static_graph"},
+    "ddp": {"find_unused_parameters", "static_graph", "timeout_minutes"},
 }
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
+# How long a rank waits in a collective (a barrier around a checkpoint save included) before the
+# process group gives up. torch's NCCL default (10 min; Lightning passes 30) is shorter than a slow
+# filesystem takes for a 100+ GB save, after which the waiting ranks die mid-save.
+DEFAULT_TIMEOUT_MINUTES = 60
+
+
+def _timeout(options: Mapping[str, Any]) -> timedelta:
+    return timedelta(minutes=float(options.get("timeout_minutes", DEFAULT_TIMEOUT_MINUTES)))
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,9 @@ def strategy_problems(strategy: Any, accelerator: Any) -> list[str]:
         for key in strategy
         if key != "name" and key not in STRATEGY_KEYS[name]
     ]
+    timeout = strategy.get("timeout_minutes", DEFAULT_TIMEOUT_MINUTES)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        problems.append(f"trainer.strategy.timeout_minutes: must be a number of minutes > 0, got {timeout!r}")
     if name == "fsdp" and (accelerator == "cpu" or not torch.cuda.is_available()):
         problems.append(
             "trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU, and none is visible); "
@@ -147,12 +161,12 @@ def build_strategy(
     """The Lightning strategy for ``trainer.strategy``, and the fsdp2 plan for the module (or None)."""
     if not isinstance(strategy, Mapping):
         return strategy, None
-    options = {k: v for k, v in strategy.items() if k != "name"}
+    options = {k: v for k, v in strategy.items() if k not in ("name", "timeout_minutes")}
     name = strategy["name"]
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(**options), None
+        return DDPStrategy(**options, timeout=_timeout(strategy)), None
     block = decoder_block(policy)
     if name == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
@@ -169,6 +183,7 @@ def build_strategy(
                 limit_all_gathers=bool(options.get("limit_all_gathers", True)),
                 use_orig_params=True,  # frozen and trained copies side by side; per-parameter views
                 mixed_precision=_fsdp1_mixed_precision(precision),
+                timeout=_timeout(strategy),
             ),
             None,
         )
@@ -187,6 +202,7 @@ def build_strategy(
             data_parallel_size=world,  # pure FSDP2: every rank in one data-parallel group
             tensor_parallel_size=1,
             save_distributed_checkpoint=bool(options.get("save_distributed_checkpoint", True)),
+            timeout=_timeout(strategy),
         ),
         plan,
     )

@@ -89,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     validate(cfg)  # before anything expensive: all config problems at once
     from tralign.checkpoint import check_same_run, resolve_ckpt_path
-    from tralign.safety import check_output_dir
+    from tralign.safety import check_checkpoint_space, check_output_dir, checkpoint_bytes
 
     # A run folder means its newest checkpoint; auto (the default under SLURM) this run's folder's.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
@@ -167,6 +167,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         frozen_dtype=reference_dtype(cfg.model),
         deferred=deferred,
     )
+    # Now that the model's size is known: room for the checkpoints it will write, before any training.
+    check_checkpoint_space(run_dir, checkpoint_bytes(module), cfg.checkpoint, int(cfg.trainer.max_steps))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = build_logger(cfg.logger, run_dir, run_name=_run_name(cfg), group=_sweep_group(), config=resolved)
@@ -312,6 +314,12 @@ def _write_failure(err: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from tralign.launch import check_launch
+
+    try:
+        check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
+    except TralignError as err:
+        exit_on_user_error(err)
     failed = True
     try:
         summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
