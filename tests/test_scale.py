@@ -336,7 +336,16 @@ def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*launch, "-m", "tralign.train", *RUN, *TWO_PROC, "data.global_batch_size=8", "data.batch_size=4", "trainer.max_steps=8"]
+        [
+            *launch,
+            "-m",
+            "tralign.train",
+            *RUN,
+            *TWO_PROC,
+            "data.global_batch_size=8",
+            "data.batch_size=4",
+            "trainer.max_steps=8",
+        ]
         + [f"hydra.run.dir={tmp_path / 'two'}"],
         cwd=tmp_path,
         env=env,

@@ -382,11 +382,9 @@ def read_local_shards_(model: nn.Module, entries: Mapping[str, _Entry]) -> None:
 def _from_pretrained(weights: DeferredWeights) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    trust = weights.trust_remote_code  # model.trust_remote_code, as given
     return AutoModelForCausalLM.from_pretrained(
-        str(weights.source),
-        config=weights.config,
-        dtype=weights.dtype,
-        trust_remote_code=weights.trust_remote_code,
+        str(weights.source), config=weights.config, dtype=weights.dtype, trust_remote_code=trust
     )
 
 

@@ -22,9 +22,7 @@ from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_mesh, shard_model
 
 
-def frozen_copy(
-    model: nn.Module, dtype: torch.dtype | None = None, *, empty: bool = False
-) -> nn.Module:
+def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None, *, empty: bool = False) -> nn.Module:
     """A copy that gradients never train: eval mode (dropout off), requires_grad off, its floating
     weights in ``dtype`` (None: the model's own; ``model.reference_dtype``). ``empty``: parameters
     on the meta device (in ``dtype``), filled once sharded (see tralign.loading)."""
@@ -97,9 +95,7 @@ class AlignmentModule(L.LightningModule):
         empty = deferred is not None
         if frozen_dtype is None and deferred is not None:
             frozen_dtype = deferred.reference_dtype
-        self.reference = (
-            frozen_copy(policy, frozen_dtype, empty=empty) if self.spec.needs_reference else None
-        )
+        self.reference = frozen_copy(policy, frozen_dtype, empty=empty) if self.spec.needs_reference else None
         # With a frozen reference the reference *is* the starting policy: no third copy needed.
         self.initial = (
             frozen_copy(policy, frozen_dtype, empty=empty)
