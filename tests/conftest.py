@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -108,10 +109,29 @@ def sigkill_after_checkpoint(
             assert proc.poll() is None, log_path.read_text()[-4000:]
             assert time.time() < deadline, "no checkpoint within 300 s"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return target
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process below it. A process-group kill is not enough: torchrun
+    starts its ranks in sessions of their own, so they would outlive the launcher and go on training
+    (for max_steps=100000) in the background of the rest of the suite."""
+    import signal
+
+    import psutil
+
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for child in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
