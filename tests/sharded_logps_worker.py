@@ -53,7 +53,7 @@ class Holder(torch.nn.Module):
         self.policy = policy
 
     def forward(self, ids, am, lm):
-        from tralign.logprobs import model_sequence_logps
+        from tralign.heads import model_sequence_logps
 
         return model_sequence_logps(self.policy, ids, am, lm, chunk_size=3)[0]
 
@@ -90,8 +90,7 @@ def worker(rank: int, world: int, out: str, init: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from tralign.heads import clear_cache
-    from tralign.logprobs import model_sequence_logps
+    from tralign.heads import clear_cache, model_sequence_logps
     from tralign.strategies import ShardPlan, decoder_block, shard_model
 
     mesh = init_device_mesh("cpu", (world,))

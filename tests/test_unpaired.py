@@ -13,7 +13,7 @@ from conftest import SYNTH_TASK, compose_cfg
 
 from tralign.config import validate
 from tralign.data.collate import UnpairedCollator
-from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
+from tralign.data.datamodule import PreferenceDataModule
 from tralign.data.sources import Split, load_split
 from tralign.data.synthetic import SyntheticTask
 from tralign.data.tokenize import Lengths, encode_row
@@ -59,8 +59,8 @@ def unpaired_split() -> Split:
 # --------------------------------------------------------------------------- encoding and collation
 
 
-def test_mode_for_loss() -> None:
-    assert [mode_for_loss(LOSSES[n]) for n in ("dpo", "ipo", "kto_pair", "kto", "sft")] == [
+def test_data_mode_of_each_loss() -> None:
+    assert [LOSSES[n].data_mode for n in ("dpo", "ipo", "kto_pair", "kto", "sft")] == [
         "pair",
         "pair",
         "pair",

@@ -17,6 +17,7 @@ from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.dtypes import dtype_problems
 from tralign.errors import ConfigError
 from tralign.losses import LOSSES, check_loss_params
+from tralign.losses.registry import DataMode
 from tralign.reference import ReferenceSchedule, schedule_problems
 from tralign.safety import check_no_secrets
 from tralign.signals import signal_problems
@@ -44,6 +45,11 @@ def loss_params(cfg: DictConfig) -> dict[str, Any]:
     if "beta" in spec.params:
         params["beta"] = cfg.beta
     return params
+
+
+def data_mode(cfg: DictConfig) -> DataMode:
+    """What the method's loss trains on ("pair", "sft" or "unpaired"): the data's ``mode``."""
+    return LOSSES[cfg.method.loss].data_mode
 
 
 def schedule_from(cfg: DictConfig) -> ReferenceSchedule:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -38,6 +37,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from tralign.checkpoint import replace_path
 from tralign.errors import TralignError
 
 log = logging.getLogger("tralign")
@@ -106,10 +106,6 @@ def _save(trainer: L.Trainer, name: str) -> Path:
     )  # full state; collective: every rank calls it (sharded: each its shard)
     trainer.strategy.barrier("tralign-guard-checkpoint-written")
     if trainer.is_global_zero:
-        try:
-            from tralign.checkpoint import replace_path
-        except ImportError:  # pragma: no cover - tralign.checkpoint ships with the scale work
-            replace_path = os.replace
         replace_path(partial, path)
     trainer.strategy.barrier("tralign-guard-checkpoint-renamed")
     return path

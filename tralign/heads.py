@@ -83,6 +83,30 @@ def model_token_logps(
     return _shortcut(model, head, plan.logit_map, input_ids, attention_mask, loss_mask, chunk_size)
 
 
+def model_sequence_logps(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    chunk_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """``sequence_logps(model(input_ids, attention_mask).logits, input_ids, loss_mask)``, computed
+    with the LM head applied to completion positions only: (logps, counts), both (N,) float32.
+
+    The model runs its own forward (so a sharded model gathers its parameters as usual, and whatever
+    the architecture does before its head is kept), with the head swapped for the chunked
+    completion-positions-only log-probs; the architecture's logit processing is reproduced, and a
+    model whose forward the shortcut cannot reproduce gets the full forward. See this module's docstring.
+    """
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    per_token = model_token_logps(model, input_ids, attention_mask, loss_mask, chunk_size=chunk_size)
+    return per_token.sum(-1), loss_mask[:, 1:].bool().sum(-1).to(torch.float32)
+
+
 def output_head(model: nn.Module) -> nn.Linear | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head if isinstance(head, nn.Linear) else None

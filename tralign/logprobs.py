@@ -5,9 +5,9 @@ and plain autograd would keep the upcast copy alive for the backward pass. Here 
 ``chunk_size`` batch rows at a time in both the forward and the backward pass, through a small
 custom autograd function, so at most a (chunk_size, T, V) float32 temporary exists at once.
 
-From a model rather than from logits, :func:`model_sequence_logps` applies the LM head (and the
-architecture's :class:`LogitMap`) to completion positions only, chunked (:func:`head_logps`), inside
-the model's own forward; :mod:`tralign.heads` says how, and when it falls back to the full forward.
+From a model rather than from logits, :func:`tralign.heads.model_sequence_logps` applies the LM head
+(and the architecture's :class:`LogitMap`) to completion positions only, chunked (:func:`head_logps`),
+inside the model's own forward, and says when it falls back to the full forward.
 """
 
 from __future__ import annotations
@@ -238,29 +238,3 @@ def head_logps(
     are the gathered tensors."""
     _check_chunk_size(chunk_size)
     return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, targets.long(), chunk_size, logit_map)
-
-
-def model_sequence_logps(
-    model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    loss_mask: Tensor,
-    *,
-    chunk_size: int = 512,
-) -> tuple[Tensor, Tensor]:
-    """``sequence_logps(model(input_ids, attention_mask).logits, input_ids, loss_mask)``, computed
-    with the LM head applied to completion positions only: (logps, counts), both (N,) float32.
-
-    The model runs its own forward (so a sharded model gathers its parameters as usual, and whatever
-    the architecture does before its head is kept), with the head swapped for the chunked
-    completion-positions-only log-probs; the architecture's logit processing is reproduced, and a
-    model whose forward the shortcut cannot reproduce gets the full forward. See :mod:`tralign.heads`.
-    """
-    from tralign.heads import model_token_logps  # heads builds on this module
-
-    if loss_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-        )
-    per_token = model_token_logps(model, input_ids, attention_mask, loss_mask, chunk_size=chunk_size)
-    return per_token.sum(-1), loss_mask[:, 1:].bool().sum(-1).to(torch.float32)

@@ -32,7 +32,7 @@ __all__ = [
     "save_as",
 ]
 
-# Pythia pads its embedding matrix to a multiple of 128 rows (50,277 tokens -> 50,304 rows).
+# A model built from scratch gets an embedding matrix of len(tokenizer) rows rounded up to a multiple of 8.
 VOCAB_MULTIPLE = 8
 
 

@@ -55,10 +55,6 @@ class ReferenceSchedule:
         """True when the reference should move after ``optimizer_steps_done`` optimizer steps."""
         return self.active and optimizer_steps_done > 0 and optimizer_steps_done % self.tau == 0
 
-    def updates_after(self, optimizer_steps_done: int) -> int:
-        """How many updates a run has made after this many optimizer steps."""
-        return optimizer_steps_done // self.tau if self.active else 0
-
 
 def schedule_problems(mode: str, alpha: object, tau: object) -> list[str]:
     """Every problem with a (mode, α, τ) triple, as messages naming the config key."""

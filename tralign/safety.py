@@ -55,6 +55,9 @@ class SecretInConfigError(ConfigError):
             + list(other_problems)
         )
 
+    def before_exit(self) -> None:
+        redact_hydra_outputs(self.secrets)
+
 
 def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, value) of every leaf of a plain container."""

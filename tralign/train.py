@@ -116,7 +116,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logging.getLogger("lightning").handlers.clear()
 
     from tralign.data.batch_plan import confirm_world, plan_from_cfg
-    from tralign.data.datamodule import PreferenceDataModule, mode_for_loss
+    from tralign.data.datamodule import PreferenceDataModule
     from tralign.eval.golden import golden_eval
     from tralign.loading import build_policy_for_strategy, prepare_fsdp1
     from tralign.loggers import build_logger
@@ -134,7 +134,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = PreferenceDataModule(
         cfg.data,
         tokenizer,
-        mode=mode_for_loss(spec),
+        mode=spec.data_mode,
         seed=int(cfg.seed),
         micro_batch=plan.micro_batch,
         accumulate=plan.accumulate,

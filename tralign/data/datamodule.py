@@ -31,20 +31,12 @@ from tralign.data.sampler import LengthGroupedBatchSampler
 from tralign.data.sources import Split, load_split
 from tralign.data.tokenize import Lengths, Mode, example_fields
 from tralign.errors import DataError
-from tralign.losses import LossSpec
 
 log = logging.getLogger("tralign")
 
 MAX_REPORTED_PROBLEMS = 20
 # The row kinds (Split.kind) each mode trains on; SFT also takes a pair's chosen answer.
 ACCEPTS: dict[Mode, tuple[str, ...]] = {"pair": ("pair",), "sft": ("sft", "pair"), "unpaired": ("unpaired",)}
-
-
-def mode_for_loss(spec: LossSpec) -> Mode:
-    """The data a loss trains on: SFT (no reference), pairs, or unpaired labelled rows."""
-    if not spec.needs_reference:
-        return "sft"
-    return "pair" if spec.paired else "unpaired"
 
 
 class Examples(Sequence[dict[str, Any]]):

@@ -17,9 +17,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from tralign.config import validate
+from tralign.config import data_mode, validate
 from tralign.errors import TralignError, exit_on_user_error
-from tralign.losses import LOSSES
 
 PERCENTILES = (50, 90, 99)
 # Inspecting writes nothing: no run folder, no .hydra/, no log file (unless asked on the command line).
@@ -52,11 +51,11 @@ def _percentiles(values: Sequence[int]) -> list[int]:
 def report(cfg: DictConfig) -> str:
     """The inspection report for a composed config (validated first, like a training run)."""
     validate(cfg)
-    from tralign.data.datamodule import PreferenceDataModule, mode_for_loss, row_lengths
+    from tralign.data.datamodule import PreferenceDataModule, row_lengths
     from tralign.data.sampler import padding_fraction
     from tralign.models import build_tokenizer
 
-    mode = mode_for_loss(LOSSES[cfg.method.loss])
+    mode = data_mode(cfg)
     tokenizer = build_tokenizer(cfg.model, cfg.data)
     data = PreferenceDataModule(cfg.data, tokenizer, mode=mode, seed=int(cfg.seed))
     split, stats, lengths = data.split, data.stats, data.lengths

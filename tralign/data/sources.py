@@ -25,7 +25,6 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from tralign.data import readers
@@ -115,10 +114,6 @@ class _Reader:
         parts = ([f"{self.n_bad} bad row(s) skipped"] if self.n_bad else []) + left_out
         return f" ({', '.join(parts)})" if parts else ""
 
-    def raise_if_bad(self) -> None:
-        if self.n_bad:
-            raise DataError(_bad_rows_message(self.problems, self.n_bad))
-
     def finish(self, on_bad_rows: str, name: str) -> None:
         """Raise on bad rows (on_bad_rows=error) or log them; log what the format handled on purpose."""
         if self.n_bad and on_bad_rows != "skip":
@@ -206,23 +201,6 @@ def load_rows(data_cfg: Mapping[str, Any], convert: Converter, *, kind: Kind = "
         bad_rows=list(reader.problems[:MAX_REPORTED_PROBLEMS]),
         counts=dict(reader.tally.counts),
     )
-
-
-def read_jsonl(
-    path: str | Path, fields: tuple[str, ...] = PAIR_FIELDS, limit: int | None = None
-) -> list[Row]:
-    """Read JSON Lines (optionally gzipped) rows with non-empty string ``fields`` (the prompt may be empty).
-
-    Every problem is reported at once (up to a cap) as ``FILE:LINE: reason``; a row whose chosen
-    equals its rejected is refused because it carries no preference.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    reader = _Reader(lambda raw, _tally: string_fields(raw, fields))
-    rows = reader.read(readers.jsonl_records(path), str(path), limit)
-    reader.raise_if_bad()
-    return rows
 
 
 # --------------------------------------------------------------------------- sources

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tralign.errors import TralignError
-from tralign.eval.judges import Judgment
+from tralign.eval.judgment import Judgment
 from tralign.eval.metrics import combine_orders
 
 log = logging.getLogger(__name__)

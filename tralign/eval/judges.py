@@ -11,20 +11,10 @@ within ``tie_tolerance`` of each other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from tralign.errors import TralignError
-
-Outcome = Literal["a", "b", "tie", "unparsable"]
-
-
-@dataclass(frozen=True)
-class Judgment:
-    outcome: Outcome
-    score_a: float | None = None  # golden / reward-model scores
-    score_b: float | None = None
-    raw: dict[str, Any] = field(default_factory=dict)  # api: the replies and per-order verdicts
+from tralign.eval.judgment import Judgment, Outcome
 
 
 class Judge(Protocol):

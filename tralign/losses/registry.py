@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tralign.losses.dpo import dpo_loss
 from tralign.losses.ipo import ipo_loss
-from tralign.losses.kto import kto_loss, kto_pair_loss
+from tralign.losses.kto import kto_pair_loss
 from tralign.losses.sft import sft_loss
 from tralign.losses.types import LossOutput, MeanFn, PairLogps
+
+# The data modes of tralign.data.tokenize.Mode, spelled out here so that losses import no data code.
+DataMode = Literal["pair", "sft", "unpaired"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,16 @@ class LossSpec:
     """
 
     name: str
-    fn: Callable[..., LossOutput]
     needs_reference: bool
     paired: bool
     params: frozenset[str]
+
+    @property
+    def data_mode(self) -> DataMode:
+        """The data it trains on: SFT rows (no reference), pairs, or unpaired labelled rows."""
+        if not self.needs_reference:
+            return "sft"
+        return "pair" if self.paired else "unpaired"
 
 
 _KTO_PARAMS = frozenset({"beta", "desirable_weight", "undesirable_weight"})
@@ -34,15 +43,11 @@ _KTO_PARAMS = frozenset({"beta", "desirable_weight", "undesirable_weight"})
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
-        LossSpec(
-            "dpo", dpo_loss, needs_reference=True, paired=True, params=frozenset({"beta", "label_smoothing"})
-        ),
-        LossSpec(
-            "ipo", ipo_loss, needs_reference=True, paired=True, params=frozenset({"beta", "length_normalize"})
-        ),
-        LossSpec("kto_pair", kto_pair_loss, needs_reference=True, paired=True, params=_KTO_PARAMS),
-        LossSpec("kto", kto_loss, needs_reference=True, paired=False, params=_KTO_PARAMS),
-        LossSpec("sft", sft_loss, needs_reference=False, paired=True, params=frozenset()),
+        LossSpec("dpo", needs_reference=True, paired=True, params=frozenset({"beta", "label_smoothing"})),
+        LossSpec("ipo", needs_reference=True, paired=True, params=frozenset({"beta", "length_normalize"})),
+        LossSpec("kto_pair", needs_reference=True, paired=True, params=_KTO_PARAMS),
+        LossSpec("kto", needs_reference=True, paired=False, params=_KTO_PARAMS),
+        LossSpec("sft", needs_reference=False, paired=True, params=frozenset()),
     )
 }
 
