@@ -53,7 +53,7 @@ class Holder(torch.nn.Module):
         self.policy = policy
 
     def forward(self, ids, am, lm):
-        from tralign.heads import model_sequence_logps
+        from tralign.logprobs import model_sequence_logps
 
         return model_sequence_logps(self.policy, ids, am, lm, chunk_size=3)[0]
 

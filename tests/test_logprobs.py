@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tralign.heads import model_sequence_logps
-from tralign.logprobs import head_logps, sequence_logps, token_logps
+from tralign.logprobs import head_logps, model_sequence_logps, sequence_logps, token_logps
 
 B, T, V = 5, 7, 11
 

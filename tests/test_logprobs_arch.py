@@ -12,8 +12,7 @@ import torch
 from tiny_archs import ARCHS, arch_batch, tiny_arch
 
 from tralign import heads
-from tralign.heads import model_sequence_logps
-from tralign.logprobs import LogitMap, head_logps, sequence_logps
+from tralign.logprobs import LogitMap, head_logps, model_sequence_logps, sequence_logps
 
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])  # a loss that weighs the rows differently
 

@@ -75,8 +75,7 @@ def arch_batch(vocab: int = 96, seed: int = 0):
 
 def _compare() -> None:
     """Print max |model_sequence_logps - sequence_logps(model(...).logits)| per sequence, per arch."""
-    from tralign.heads import model_sequence_logps
-    from tralign.logprobs import sequence_logps
+    from tralign.logprobs import model_sequence_logps, sequence_logps
 
     print("arch      fp32-policy  fp32-reference  bf16-autocast-policy")
     for name in ARCHS:

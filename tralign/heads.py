@@ -3,7 +3,7 @@
 How (:func:`model_token_logps`): the model runs its *own* forward, with the ``forward`` of its output
 embedding (``get_output_embeddings()``, an ``nn.Linear``) swapped for a function that takes the
 final hidden states (N, T, H), keeps the M positions that predict a completion token and computes
-their log-probs chunk by chunk (:func:`tralign.logprobs.head_logps`): no (N, T, V) or (M, V) logits
+their log-probs chunk by chunk (:func:`tralign.chunked_logps.head_logps`): no (N, T, V) or (M, V) logits
 exist, in the forward or the backward pass. Running the model's own forward, rather than its
 backbone and head one by one, is what makes this work on sharded models: FSDP2 (``fully_shard``,
 DTensor parameters) and FSDP1 (``use_orig_params=True``) gather the head's weight in the forward of
@@ -16,7 +16,7 @@ Whatever the architecture does *before* its head (MiniCPM-style hidden scaling, 
 soft-capping ...) is kept as it is. What it does *after* its head is not: Granite divides the logits
 by ``logits_scaling``, Cohere multiplies them by ``logit_scale``, Gemma-2/3 soft-cap them at
 ``final_logit_softcapping``. All are the elementwise map y = c * tanh(s * x / c) (y = s * x without a
-cap), :class:`tralign.logprobs.LogitMap`, which the chunked head applies to every chunk.
+cap), :class:`tralign.chunked_logps.LogitMap`, which the chunked head applies to every chunk.
 
 Which map, and whether the shortcut is right at all, is decided once per model class and config by
 a probe (:func:`plan_for`, cached), on the model itself, without gradients, autocast or dropout:
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tralign.logprobs import LogitMap, head_logps, masked_token_logps
+from tralign.chunked_logps import LogitMap, head_logps, masked_token_logps
 
 log = logging.getLogger(__name__)
 

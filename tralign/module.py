@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from tralign.data.collate import pad_fraction
-from tralign.heads import model_sequence_logps
 from tralign.loading import DeferredWeights, copy_local_shards_, load_policy_, materialize_meta_, meta_copy
+from tralign.logprobs import model_sequence_logps
 from tralign.losses import LossOutput, PairLogps, get_loss, kto_loss, pair_loss, sft_loss
 from tralign.reference import ReferenceSchedule, update_reference_
 from tralign.strategies import ShardPlan, is_sharded, shard_mesh, shard_model

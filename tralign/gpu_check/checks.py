@@ -183,8 +183,7 @@ def logprobs_bf16(device: str = "cuda") -> Check:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
         from tralign.bench.presets import model_config
-        from tralign.heads import model_sequence_logps
-        from tralign.logprobs import sequence_logps
+        from tralign.logprobs import model_sequence_logps, sequence_logps
 
         torch.manual_seed(0)
         config = GPTNeoXConfig(vocab_size=50304, **model_config("pythia-160m-arch"))
