@@ -20,7 +20,7 @@ FLOPs per step (Kaplan/Megatron accounting, causal attention counted in full, em
 free): policy forward + backward ``6·N·tok + 12·L·h·T·tok + 6·V·h·M``, reference forward
 ``2·N·tok + 4·L·h·T·tok + 2·V·h·M``, with N the parameters of the decoder blocks and final norm (no
 input embedding, no LM head), tok = 2·B·T tokens, and M the positions that predict a completion
-token: tralign runs the LM head on those only (``tralign.heads.model_sequence_logps``). MFU =
+token: tralign runs the LM head on those only (``tralign.logprobs.model_sequence_logps``). MFU =
 those FLOPs / step time / the device's peak dense bf16 FLOP/s (``--peak-tflops``; by default
 looked up from the device name in ``PEAK_TFLOPS``).
 
