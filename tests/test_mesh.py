@@ -77,33 +77,16 @@ import torch, torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard
-from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from tralign.reference import update_reference_
 from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_mesh, shard_model
 
-COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
-               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
-               "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]
-
-class Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
+from tests.helpers.dispatch import Ops, record_collectives, seeded_pair
 
 def worker(rank, world, out, init):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     flat = init_device_mesh("cpu", (world,))
-    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    torch.manual_seed(0); policy = GPTNeoXForCausalLM(cfg)
-    torch.manual_seed(1); reference = GPTNeoXForCausalLM(cfg)
-    pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
-    ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
+    policy, reference, pol0, ref0 = seeded_pair()
     plan = ShardPlan(block=decoder_block(policy), hybrid=True)
     mesh = shard_mesh(flat, plan, num_nodes=2)  # 2 "nodes" of 2 ranks
     for model in (policy, reference):
@@ -112,10 +95,7 @@ def worker(rank, world, out, init):
     report = {"mesh": list(mesh.shape), "names": list(mesh.mesh_dim_names),
               "placements": [str(p) for p in weight.placements],
               "local_rows": weight.to_local().shape[0], "rows": weight.shape[0]}
-    calls = []
-    for name in COLLECTIVES:
-        original = getattr(dist, name)
-        setattr(dist, name, lambda *a, _n=name, _f=original, **k: (calls.append(_n), _f(*a, **k))[1])
+    calls = record_collectives()
     ops = Ops()
     alpha = 0.3
     if rank == 3:  # the others wait in a gloo barrier: a collective here would hang, then time out

@@ -151,41 +151,21 @@ import datetime, json, sys, types
 import torch, torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
-from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from tralign.reference import update_reference_
 from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_model
 
-COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
-               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
-               "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]
-
-class Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
+from tests.helpers.dispatch import Ops, record_collectives, seeded_pair
 
 def worker(rank, world, out, init):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
     mesh = init_device_mesh("cpu", (world,))
-    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    torch.manual_seed(0); policy = GPTNeoXForCausalLM(cfg)
-    torch.manual_seed(1); reference = GPTNeoXForCausalLM(cfg)
-    pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
-    ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
+    policy, reference, pol0, ref0 = seeded_pair()
     plan = ShardPlan(block=decoder_block(policy))
     for model in (policy, reference):
         shard_model(model, plan, mesh)
     barrier = dist.barrier
-    calls = []
-    for name in COLLECTIVES:
-        original = getattr(dist, name)
-        setattr(dist, name, lambda *a, _n=name, _f=original, **k: (calls.append(_n), _f(*a, **k))[1])
+    calls = record_collectives()
     report = {}
     for mode, alpha in (("soft", 0.3), ("hard", 1.0)):
         ops = Ops()

@@ -1,0 +1,49 @@
+"""For the worker processes of the shard-local update tests (tests/test_scale.py, tests/test_mesh.py):
+record every aten op a block of code runs, and every torch.distributed collective it calls, on a
+pair of tiny GPT-NeoX models (policy seed 0, reference seed 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
+               "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
+               "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]  # fmt: skip
+
+
+class Ops(TorchDispatchMode):
+    """Every aten op run inside ``with Ops() as ops:``, by name, in ``ops.names``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def record_collectives() -> list[str]:
+    """Wrap every ``torch.distributed`` collective so that each call appends its name to the list
+    returned (the calls still run)."""
+    calls: list[str] = []
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+        setattr(dist, name, lambda *a, _n=name, _f=original, **k: (calls.append(_n), _f(*a, **k))[1])
+    return calls
+
+
+def seeded_pair() -> tuple[torch.nn.Module, torch.nn.Module, dict, dict]:
+    """Policy (seed 0) and reference (seed 1), with copies of their starting state dicts."""
+    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    policy = GPTNeoXForCausalLM(cfg)
+    torch.manual_seed(1)
+    reference = GPTNeoXForCausalLM(cfg)
+    pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
+    ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
+    return policy, reference, pol0, ref0
