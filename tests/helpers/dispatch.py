@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from tralign.gpu_check.ops import OpRecorder as Ops  # noqa: F401  (re-exported for the workers)
 
 COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
                "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "barrier", "send", "recv",
                "isend", "irecv", "all_to_all", "all_to_all_single", "gather", "scatter", "reduce"]  # fmt: skip
-
-
-class Ops(TorchDispatchMode):
-    """Every aten op run inside ``with Ops() as ops:``, by name, in ``ops.names``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
 
 
 def record_collectives() -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from tralign.gpu_check.ops import OpRecorder
 
 COLLECTIVES = (
     "all_reduce",
@@ -63,18 +64,6 @@ def update_error(
 def _local(t: Tensor) -> Tensor:
     t = t.detach()
     return t.to_local() if hasattr(t, "to_local") else t
-
-
-class _OpRecorder(TorchDispatchMode):
-    """Names of every aten/c10d op dispatched inside the block (a collective shows as ``c10d…``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
 
 
 class AuditCallback(L.Callback):
@@ -140,7 +129,7 @@ class AuditCallback(L.Callback):
             originals = {n: getattr(dist, n) for n in COLLECTIVES if hasattr(dist, n)}
             for name, fn in originals.items():
                 setattr(dist, name, lambda *a, _n=name, _f=fn, **k: (calls.append(_n), _f(*a, **k))[1])
-            recorder = _OpRecorder()
+            recorder = OpRecorder()
             try:
                 with recorder:
                     step_reference()
