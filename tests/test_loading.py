@@ -20,8 +20,23 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 
+def _tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=37,  # odd: the two ranks' shards differ in size
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        rope_theta=5000.0,
+    )
+
+
 def _save_tiny(tmp_path: Path) -> list[Path]:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaForCausalLM
 
     torch.manual_seed(0)
     neox = GPTNeoXForCausalLM(
@@ -36,18 +51,7 @@ def _save_tiny(tmp_path: Path) -> list[Path]:
             tie_word_embeddings=False,
         )
     )
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=37,  # odd: the two ranks' shards differ in size
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=24,
-            max_position_embeddings=64,
-            rope_theta=5000.0,
-        )
-    )
+    llama = LlamaForCausalLM(_tiny_llama_config())
     folders = [tmp_path / "neox-fp32", tmp_path / "llama-bf16", tmp_path / "neox-bin"]
     neox.save_pretrained(folders[0], safe_serialization=True)
     # A .bin checkpoint (no safetensors: rank 0 loads it and broadcasts).
@@ -96,20 +100,10 @@ def test_two_ranks_load_policy_and_frozen_copies_exactly_from_the_checkpoint(tmp
 
 # --- one process: the pieces ----------------------------------------------------------------------
 def _tiny_llama_bf16(folder: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=37,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=64,
-        rope_theta=5000.0,
-    )
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    LlamaForCausalLM(_tiny_llama_config()).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return folder
 
 

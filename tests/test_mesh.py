@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, SHRINK, compose_cfg, tiny_neox
+from helpers.dispatch import run_workers
 from safetensors.torch import load_file
 
 from tralign.config import validate
@@ -72,15 +73,14 @@ def test_shard_mesh_is_the_data_parallel_mesh_without_hybrid_and_refuses_a_shard
 
 # --- HSDP on 4 gloo ranks as 2 × 2: the update stays shard-local ------------------------------------
 HSDP_SCRIPT = r"""
-import datetime, json, sys, types
+import datetime, types
 import torch, torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard
 from tralign.reference import update_reference_
 from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_mesh, shard_model
 
-from tests.helpers.dispatch import Ops, record_collectives, seeded_pair
+from tests.helpers.dispatch import Ops, finish, record_collectives, seeded_pair, spawn
 
 def worker(rank, world, out, init):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
@@ -111,26 +111,16 @@ def worker(rank, world, out, init):
     if rank == 0:
         expect = {k: alpha * pol0[k] + (1 - alpha) * ref0[k] for k in ref0}
         report["max_error"] = max((state[k] - expect[k]).abs().max().item() for k in expect)
-    with open(f"{out}/rank{rank}.json", "w") as fh:
-        json.dump(report, fh)
-    dist.destroy_process_group()
+    finish(out, rank, report)
 
 if __name__ == "__main__":
-    out = sys.argv[1]
-    mp.spawn(worker, args=(4, out, f"file://{out}/store"), nprocs=4, join=True)
+    spawn(worker, 4)
 """
 
 
 @pytest.mark.slow
 def test_hsdp_2x2_reference_update_is_shard_local_and_follows_the_rule(tmp_path: Path) -> None:
-    script = tmp_path / "hsdp_update.py"
-    script.write_text(HSDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    reports = run_workers(HSDP_SCRIPT, tmp_path, world=4)
     first = reports[0]
     assert first["mesh"] == [2, 2] and first["names"] == ["replicate", "shard"]
     assert first["placements"] == ["R", "S(0)"]  # Replicate(), Shard(0)

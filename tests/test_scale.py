@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint
+from helpers.dispatch import run_workers
 from helpers.models import tiny_neox
 from safetensors.torch import load_file
 
@@ -147,14 +148,13 @@ def test_a_save_killed_halfway_leaves_the_previous_checkpoint_intact(tmp_path: P
 
 # --- the shard-local reference update ------------------------------------------------------------
 SHARD_SCRIPT = r"""
-import datetime, json, sys, types
+import datetime, types
 import torch, torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from tralign.reference import update_reference_
 from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_model
 
-from tests.helpers.dispatch import Ops, record_collectives, seeded_pair
+from tests.helpers.dispatch import Ops, finish, record_collectives, seeded_pair, spawn
 
 def worker(rank, world, out, init):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
@@ -184,26 +184,16 @@ def worker(rank, world, out, init):
         ref0 = {k: ref0[k] + alpha * (pol0[k] - ref0[k]) for k in ref0}
         calls.clear()
         barrier()
-    with open(f"{out}/rank{rank}.json", "w") as fh:
-        json.dump(report, fh)
-    dist.destroy_process_group()
+    finish(out, rank, report)
 
 if __name__ == "__main__":
-    out = sys.argv[1]
-    mp.spawn(worker, args=(2, out, f"file://{out}/store"), nprocs=2, join=True)
+    spawn(worker, 2)
 """
 
 
 @pytest.mark.slow
 def test_shard_local_update_makes_no_collective_and_no_allocation(tmp_path: Path) -> None:
-    script = tmp_path / "shard_update.py"
-    script.write_text(SHARD_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reports = run_workers(SHARD_SCRIPT, tmp_path, world=2)
     for mode in ("soft", "hard"):
         ops = reports[1][mode]["ops"]
         assert ops, "the dispatch recorder saw nothing: it would miss collectives too"

@@ -36,3 +36,42 @@ def seeded_pair() -> tuple[torch.nn.Module, torch.nn.Module, dict, dict]:
     pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
     ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
     return policy, reference, pol0, ref0
+
+
+def spawn(worker, world: int) -> None:
+    """The worker script's ``__main__``: ``world`` gloo ranks meeting in a file store in ``argv[1]``."""
+    import sys
+
+    import torch.multiprocessing as mp
+
+    out = sys.argv[1]
+    mp.spawn(worker, args=(world, out, f"file://{out}/store"), nprocs=world, join=True)
+
+
+def finish(out: str, rank: int, report: dict) -> None:
+    """Write this rank's report for :func:`run_workers` and leave the process group."""
+    import json
+
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(report, fh)
+    dist.destroy_process_group()
+
+
+def run_workers(script: str, tmp_path, world: int) -> list[dict]:
+    """Run a worker script (in its own process: ``spawn`` starts the ranks) and return the ranks'
+    reports in rank order."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(tmp_path) / "workers.py"
+    path.write_text(script)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    result = subprocess.run(
+        [sys.executable, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((Path(tmp_path) / f"rank{r}.json").read_text()) for r in range(world)]
