@@ -144,19 +144,25 @@ FSDP1 = [
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _launch(tmp_path: Path, name: str, args: list[str], *, torchrun: bool) -> tuple[list[str], dict, Path]:
+def shim_env(tmp_path: Path, spy: str) -> dict[str, str]:
+    """Write the shim into ``tmp_path`` and return the environment its runs need: offline, this
+    checkout's tralign, and each clip recorded into ``tmp_path/spy``."""
     shim = tmp_path / "fsdp1_cpu_shim.py"
     if not shim.exists():
         shim.write_text(SHIM)
-    spy = tmp_path / f"{name}-clips"
-    spy.mkdir(exist_ok=True)
-    env = {
+    (tmp_path / spy).mkdir(exist_ok=True)
+    return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "offline",
         "PYTHONPATH": str(REPO),
-        "TRALIGN_CLIP_SPY": str(spy),
+        "TRALIGN_CLIP_SPY": str(tmp_path / spy),
     }
+
+
+def _launch(tmp_path: Path, name: str, args: list[str], *, torchrun: bool) -> tuple[list[str], dict, Path]:
+    env = shim_env(tmp_path, f"{name}-clips")
+    shim = tmp_path / "fsdp1_cpu_shim.py"
     cmd = [sys.executable, *(TORCHRUN if torchrun else []), str(shim), *RUN, *args]
     return [*cmd, f"hydra.run.dir={tmp_path / name}"], env, tmp_path / name
 

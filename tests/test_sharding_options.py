@@ -19,15 +19,14 @@ launch of the same script. FSDP1 runs on CPU through ``tests/test_fsdp1_cpu.py``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, SHRINK, tiny_neox
-from test_fsdp1_cpu import SHIM, TORCHRUN
+from conftest import CONF, SHRINK, tiny_neox
+from test_fsdp1_cpu import TORCHRUN, shim_env
 
 from tralign.module import frozen_copy
 from tralign.strategies import build_strategy
@@ -106,18 +105,9 @@ SINGLE = {"single-device": ["trainer.accelerator=cpu"]}
 def launch_options(tmp_path: Path, options: dict[str, list[str]], *, ranks: int) -> dict[str, list[dict]]:
     """Run :data:`LOOP` over ``options`` (one launch: torchrun for 2 ranks, plain Python for one);
     returns ``{option: [rank 0's result, rank 1's …]}``."""
-    (tmp_path / "fsdp1_cpu_shim.py").write_text(SHIM)
+    env = shim_env(tmp_path, "clips")
     script = tmp_path / "train_options.py"
     script.write_text(LOOP)
-    spy = tmp_path / "clips"
-    spy.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "PYTHONPATH": str(REPO),
-        "TRALIGN_CLIP_SPY": str(spy),
-    }
     launcher = TORCHRUN if ranks == 2 else []
     cmd = [sys.executable, *launcher, str(script), str(tmp_path), str(CONF), json.dumps(COMMON)]
     result = subprocess.run(
