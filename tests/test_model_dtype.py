@@ -269,6 +269,29 @@ def test_half_checkpoint_trains_fp32_at_lr_1e6(
 
 
 @pytest.mark.slow
+def test_bf16_llama_checkpoint_trains_fp32_on_two_fsdp2_ranks(
+    checkpoints: dict[str, Path], shared: Path, tmp_path: Path
+) -> None:
+    """The real-model path end to end where it is used: a half-precision checkpoint of a non-NeoX
+    architecture, read in slices onto 2 gloo ranks under fsdp2, trains fp32 master weights at lr 1e-6."""
+    folder = checkpoints["llama-bf16"]
+    sharded = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2"]
+    sharded += ["trainer.strategy.mixed_precision=null", "export.dtype=float32", "export.reference=true"]
+    result = run_cli(
+        "tralign.train", _real_run(folder, shared, *sharded, f"hydra.run.dir={tmp_path}/run"), tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 3 and summary["world_size"] == 2
+    assert math.isfinite(summary["val"]["val/loss"])
+    assert summary["dtypes"]["master"] == "float32" and summary["ref_updates"] == 3
+    exported = load_file(tmp_path / "run" / "policy" / "model.safetensors")
+    assert {v.dtype for v in exported.values() if v.is_floating_point()} == {torch.float32}
+    # lr 1e-6 steps survive only in fp32 master weights (bf16 would round most of them away).
+    assert _changed_fraction(exported, load_file(folder / "model.safetensors")) > 0.5
+
+
+@pytest.mark.slow
 def test_cli_refuses_fp16_master_weights_in_one_line(
     checkpoints: dict[str, Path], shared: Path, tmp_path: Path
 ) -> None:
