@@ -66,7 +66,7 @@ def test_the_scan_sees_known_imports() -> None:
     # A scan that found nothing would pass every rule below.
     assert "tralign.losses.types" in IMPORTS["tralign.losses.dpo"]
     assert "lightning" in IMPORTS["tralign.module"]
-    assert "tralign.eval.golden" in IMPORTS["tralign.train"]  # imported inside a function
+    assert "tralign.eval.golden" in IMPORTS["tralign.finish"]  # imported inside a function
 
 
 def test_losses_import_only_losses() -> None:

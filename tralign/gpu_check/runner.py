@@ -38,7 +38,7 @@ def audited_run(
     import torch
     from omegaconf import DictConfig, open_dict
 
-    from tralign import train
+    from tralign import build, train
     from tralign.gpu_check.audit import AuditCallback
 
     cfg = compose(overrides)
@@ -47,12 +47,12 @@ def audited_run(
             cfg.ckpt_path = ckpt
     sharded = isinstance(cfg.trainer.strategy, DictConfig) and cfg.trainer.strategy.name == "fsdp2"
     audit = AuditCallback(device, getattr(torch, head_dtype), sharded=sharded)
-    callbacks = train._callbacks
-    train._callbacks = lambda *a, **k: [*callbacks(*a, **k), audit]  # the run as shipped, plus the audit
+    callbacks = build._callbacks
+    build._callbacks = lambda *a, **k: [*callbacks(*a, **k), audit]  # the run as shipped, plus the audit
     try:
         summary = train.run(cfg, run_dir)
     finally:
-        train._callbacks = callbacks
+        build._callbacks = callbacks
     return {"summary": summary, "audit": audit.facts}
 
 
