@@ -139,7 +139,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from tralign.checkpoint import AtomicCheckpoint
-    from tralign.guards import guard_callbacks
+    from tralign.guards import NonFiniteGuard, guard_callbacks
+    from tralign.module import ReferenceUpdate
 
     callbacks: list[Any] = [
         AtomicCheckpoint(
@@ -151,9 +152,12 @@ def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
     ]
     if with_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    # Before ModelCheckpoint (Lightning moves checkpoint callbacks last): a bad step is skipped and
-    # a non-finite policy refused before anything is saved or mixed into the reference.
-    callbacks += guard_callbacks(cfg.get("guard"))
+    # The end of an optimizer step, in this order: the non-finite guard (a bad step is skipped, a
+    # non-finite policy refused before it is mixed into the reference), the reference update, then
+    # what saves (the pre-emption checkpoint here; ModelCheckpoint, which Lightning moves last).
+    guards = guard_callbacks(cfg.get("guard"))
+    after = max((i + 1 for i, cb in enumerate(guards) if isinstance(cb, NonFiniteGuard)), default=0)
+    callbacks += [*guards[:after], ReferenceUpdate(), *guards[after:]]
     return callbacks
 
 

@@ -111,10 +111,6 @@ def _save(trainer: L.Trainer, name: str) -> Path:
     return path
 
 
-def _policy(pl_module: L.LightningModule) -> torch.nn.Module:
-    return getattr(pl_module, "policy", pl_module)
-
-
 class NonFiniteGuard(L.Callback):
     def __init__(self, on_nonfinite: OnNonFinite = "skip", max_consecutive: int = 10):
         if on_nonfinite not in ON_NONFINITE:
@@ -125,7 +121,6 @@ class NonFiniteGuard(L.Callback):
         self.consecutive = 0
         self._bad_loss = False  # some micro-batch of the current optimizer step had a bad loss
         self._stop: str | None = None  # why the run stops at the end of this step
-        self._seen_step = -1
 
     @property
     def state_key(self) -> str:
@@ -137,9 +132,6 @@ class NonFiniteGuard(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped = int(state.get("skipped", 0))
         self.consecutive = int(state.get("consecutive", 0))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._seen_step = trainer.global_step
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         if not bool(torch.isfinite(loss.detach()).all()):
@@ -160,9 +152,7 @@ class NonFiniteGuard(L.Callback):
             return
         for p in params:
             p.grad = None  # AdamW skips parameters without a gradient: the policy does not move
-        skip = getattr(pl_module, "skip_optimizer_step", None)
-        if skip is not None:
-            skip()  # the module's τ clock counts applied steps only
+        pl_module.skip_optimizer_step()  # the module's τ clock counts applied steps only
         self.skipped += 1
         self.consecutive += 1
         step = trainer.global_step + 1
@@ -181,16 +171,15 @@ class NonFiniteGuard(L.Callback):
             )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step == self._seen_step:
+        if not pl_module.step_finished:
             return  # mid gradient accumulation: no optimizer step yet
-        self._seen_step = step
+        step = trainer.global_step
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
-        if getattr(pl_module, "reference_update_due", False) and _any_rank(
-            not all_finite(list(_policy(pl_module).parameters())), pl_module.device
+        if pl_module.reference_update_due and _any_rank(
+            not all_finite(list(pl_module.policy.parameters())), pl_module.device
         ):
-            # This callback runs before the module's reference update (trainer callbacks come
-            # first): a policy that went non-finite despite finite gradients stops the run here.
+            # This callback runs before ReferenceUpdate (tralign.build orders them): a policy that
+            # went non-finite despite finite gradients stops the run here.
             why = f"the policy's weights are non-finite after optimizer step {step}"
             _coordinated_exit(trainer)
             _write_summary(trainer, "stopped", error=why, skipped_steps=self.skipped, **_applied(pl_module))
@@ -200,9 +189,9 @@ class NonFiniteGuard(L.Callback):
             )
         if self._stop is not None:
             why, self._stop = self._stop, None
+            # A stop follows a skipped step, which moves no reference: the checkpoint holds this
+            # step's reference whether ReferenceUpdate has run yet or not.
             _coordinated_exit(trainer)
-            if hasattr(pl_module, "step_reference"):
-                pl_module.step_reference()  # the checkpoint holds this step's reference, as on resume
             path = _save(trainer, f"nonfinite-step{step}.ckpt")
             _write_summary(
                 trainer,
@@ -216,9 +205,8 @@ class NonFiniteGuard(L.Callback):
 
 
 def _applied(pl_module: L.LightningModule) -> dict[str, int]:
-    """summary.json's ``applied_steps`` (the optimizer steps that moved the policy), if counted."""
-    steps = getattr(pl_module, "applied_steps", None)
-    return {} if steps is None else {"applied_steps": int(steps)}
+    """summary.json's ``applied_steps`` (the optimizer steps that moved the policy)."""
+    return {"applied_steps": int(pl_module.applied_steps)}
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -248,7 +236,6 @@ class PreemptionCheckpoint(L.Callback):
         self.requeue_signal = requeue_signal  # submitit's: its handler runs after our save
         self._got: set[int] = set()  # which signals arrived (for the messages and the hand-over)
         self._requeue_handler: Any = None
-        self._seen_step = -1
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         # A signal handler runs between two bytecodes of the main thread, possibly inside a
@@ -303,25 +290,21 @@ class PreemptionCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
-        self._seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step == self._seen_step:
+        if not pl_module.step_finished:
             # Mid gradient accumulation: the signal waits for the optimizer step (a checkpoint
             # here would lose the accumulated gradients). Validation, which runs after this hook,
             # also finishes first: Lightning's loops never see a signal.
             return
-        self._seen_step = step
+        step = trainer.global_step
         # The only collective: every rank gets here at every optimizer step, in the same order.
         stop, requeue = self._agree(pl_module.device)
         if not stop:
             return
         log.warning("%s: stopping after optimizer step %d", self.signal_name, step)
-        # The module moves its reference after the callbacks; do it now so the checkpoint holds
-        # the reference of this step (step_reference is idempotent).
-        if hasattr(pl_module, "step_reference"):
-            pl_module.step_reference()
+        # ReferenceUpdate ran before this callback (tralign.build orders them): the checkpoint
+        # holds this step's reference, as a resumed run needs.
         _coordinated_exit(trainer)
         self._preempt(trainer)  # every rank: a sharded checkpoint needs all of them
         self._hand_over(requeue)  # the checkpoint is complete: now submitit may requeue

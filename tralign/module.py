@@ -103,10 +103,12 @@ class AlignmentModule(L.LightningModule):
             else None
         )
         self.ref_updates = 0
-        # τ counts *applied* optimizer steps: a step the non-finite guard skips leaves the policy
-        # unchanged, and counting it would mix the same policy into the reference again.
+        # The optimizer-step clock, decided once in optimizer_step and read by everyone else (the
+        # reference update, the guards). τ counts *applied* optimizer steps: a step the non-finite
+        # guard skips leaves the policy unchanged, and counting it would mix the same policy into
+        # the reference again.
         self.applied_steps = 0
-        self._seen_step = 0
+        self.step_finished = False  # the current micro-batch completed an optimizer step
         self._step_skipped = False  # set by skip_optimizer_step during the current optimizer step
         self._last_step_applied = False
         self._frozen_filled = False
@@ -267,18 +269,18 @@ class AlignmentModule(L.LightningModule):
         )
         return loss
 
-    def on_train_start(self) -> None:
-        # Resuming restores global_step; the reference rule counts from there.
-        self._seen_step = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.step_reference()
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning calls the batch hooks once per *micro*-batch; optimizer_step says which one
+        # completes an optimizer step.
+        self.step_finished = False
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # Lightning runs callbacks' on_train_batch_end *before* the module's, and ModelCheckpoint
-        # saves there: without this, a checkpoint at step N would hold the reference from before
-        # step N's update and a resumed run would diverge. step_reference is idempotent.
-        return [_ReferenceBeforeCheckpoint()]
+        # tralign.build places ReferenceUpdate itself, between the non-finite guard and the
+        # pre-emption checkpoint; a bare Trainer gets it here (ahead of ModelCheckpoint, which
+        # Lightning moves last).
+        if any(isinstance(cb, ReferenceUpdate) for cb in self.trainer.callbacks):
+            return []
+        return [ReferenceUpdate()]
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
@@ -287,6 +289,7 @@ class AlignmentModule(L.LightningModule):
         # after the closure's backward), so by the time it returns we know whether it applied.
         self._step_skipped = False
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.step_finished = True
         self._last_step_applied = not self._step_skipped
         self.applied_steps += int(self._last_step_applied)
 
@@ -297,24 +300,20 @@ class AlignmentModule(L.LightningModule):
 
     @property
     def reference_update_due(self) -> bool:
-        """Whether the optimizer step that just finished moves the reference: it was applied and it
-        completes a multiple of τ *applied* steps."""
+        """Whether the current micro-batch finished an optimizer step that moves the reference: it
+        was applied and it completes a multiple of τ *applied* steps."""
         return (
             self.reference is not None
+            and self.step_finished
             and self._last_step_applied
             and self.schedule.is_update_step(self.applied_steps)
         )
 
     def step_reference(self) -> None:
-        """Move the reference if the optimizer step just finished is an update step.
-
-        Lightning calls on_train_batch_end once per *micro*-batch; global_step only changes after
-        an optimizer step, so acting on a change of global_step acts exactly once per optimizer step.
-        """
-        step = self.trainer.global_step
-        if step == self._seen_step:
-            return
-        self._seen_step = step
+        """Move the reference if the optimizer step just finished is an update step. Called once per
+        micro-batch, by :class:`ReferenceUpdate` only."""
+        if not self.step_finished:
+            return  # mid gradient accumulation
         if self.reference_update_due:
             update_reference_(self.reference, self.policy, self.schedule.alpha)
             self.ref_updates += 1
@@ -396,8 +395,11 @@ class AlignmentModule(L.LightningModule):
         self.applied_steps = int(state.get("applied_steps", checkpoint.get("global_step", 0)))
 
 
-class _ReferenceBeforeCheckpoint(L.Callback):
-    """Runs the reference update ahead of checkpoint callbacks (see configure_callbacks)."""
+class ReferenceUpdate(L.Callback):
+    """The one place the reference moves: ``on_train_batch_end`` of the micro-batch that completed
+    an optimizer step. Ordered after ``NonFiniteGuard`` (a non-finite policy is never mixed in) and
+    before every checkpoint (pre-emption, periodic), so a checkpoint at step N holds the reference
+    after step N's update and a resumed run continues bitwise."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         pl_module.step_reference()
