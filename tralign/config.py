@@ -16,8 +16,8 @@ from tralign.data.batch_plan import batch_problems
 from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.dtypes import dtype_problems
 from tralign.errors import ConfigError
-from tralign.losses import LOSSES, check_loss_params
-from tralign.losses.registry import DataMode
+from tralign.losses import LOSSES
+from tralign.losses.registry import DataMode, param_problem, param_problems
 from tralign.reference import ReferenceSchedule, schedule_problems
 from tralign.safety import check_no_secrets
 from tralign.signals import signal_problems
@@ -63,18 +63,18 @@ def _positive_int(cfg: DictConfig, key: str, problems: list[str], minimum: int =
 
 
 def _method_problems(cfg: DictConfig) -> list[str]:
-    problems: list[str] = []
+    """The loss's parameters (their rules: tralign.losses.registry) under the config keys that set
+    them: the top-level ``beta`` (read by every run's summary, so checked for every method) and the
+    method's own ``method.<parameter>``; then the method against ``ref_update``."""
     loss = cfg.method.get("loss")
     if loss not in LOSSES:
         return [f"method.loss: unknown loss {loss!r}; valid: {', '.join(sorted(LOSSES))}"]
-    params = {k: v for k, v in cfg.method.items() if k not in METHOD_META_KEYS}
-    params["beta"] = cfg.get("beta")
-    if "beta" not in LOSSES[loss].params:
-        params.pop("beta")
-    problems += [
-        p.replace(f"loss {loss!r}: ", "method.").replace("method.beta", "beta")
-        for p in check_loss_params(loss, params)
-    ]
+    beta = param_problem("beta", cfg.get("beta"))
+    problems = [beta] if beta else []
+    own = {k: v for k, v in cfg.method.items() if k not in METHOD_META_KEYS}
+    if "beta" in LOSSES[loss].params:
+        own.pop("beta", None)  # the top-level beta is the one the loss gets (loss_params)
+    problems += [f"method.{problem}" for problem in param_problems(loss, own)]
     name = cfg.method.get("name")
     if cfg.method.get("trust_region") and cfg.ref_update == "none":
         problems.append(
@@ -219,9 +219,6 @@ def _fuzzed_problems(cfg: DictConfig) -> list[str]:
         if not good:
             problems.append(f"{key}: must be {rule}, got {value!r}")
 
-    beta = cfg.get("beta")
-    if isinstance(beta, float) and not math.isfinite(beta):
-        problems.append(f"beta: must be a finite number > 0, got {beta!r}")
     need("optim.lr", lambda v: not _number(v) or v <= 10, "a number in (0, 10] (AdamW)")
     need("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0")
     need("optim.eps", lambda v: _number(v) and v > 0, "a number > 0")

@@ -57,15 +57,22 @@ class ReferenceSchedule:
 
 
 def schedule_problems(mode: str, alpha: object, tau: object) -> list[str]:
-    """Every problem with a (mode, α, τ) triple, as messages naming the config key."""
+    """Every problem with a (mode, α, τ) triple, as messages naming the config key: the schedule's
+    rules, kept here only (``ReferenceSchedule`` raises them, ``tralign.config`` collects them)."""
     problems = []
     if mode not in PRESETS:
         problems.append(f"ref_update: unknown mode {mode!r}; valid: {', '.join(PRESETS)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        problems.append(f"alpha: must be a number in [0, 1], got {alpha!r}")
+    if (problem := _alpha_problem(alpha)) is not None:
+        problems.append(problem)
     if isinstance(tau, bool) or not isinstance(tau, int) or tau < 1:
         problems.append(f"tau: must be an integer >= 1 (optimizer steps), got {tau!r}")
     return problems
+
+
+def _alpha_problem(alpha: object) -> str | None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        return f"alpha: must be a number in [0, 1], got {alpha!r}"
+    return None
 
 
 def _paired_tensors(ref: nn.Module, policy: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
@@ -99,8 +106,8 @@ def soft_update_(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
     Uses ``torch._foreach_lerp_`` (one fused kernel launch per dtype/device group, no temporaries
     proportional to the model): lerp(ref, policy, α) = ref + α·(policy − ref).
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if (problem := _alpha_problem(alpha)) is not None:
+        raise ValueError(problem)
     if alpha == 0.0:
         return
     ref_t, pol_t = _paired_tensors(ref, policy)

@@ -29,8 +29,6 @@ def ipo_loss(
     check_batch(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("ipo_loss: pass both chosen_lengths and rejected_lengths, or neither")
-    if beta <= 0:
-        raise ValueError(f"ipo_loss: beta must be > 0, got {beta}")
 
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps

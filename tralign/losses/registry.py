@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,9 +65,42 @@ def get_loss(name: str) -> LossSpec:
         raise ValueError(f"unknown loss {name!r}; valid losses: {_valid_names()}") from None
 
 
-def _is_number(value: Any) -> bool:
+def _finite_number(value: Any) -> bool:
     # bool is an int subclass, but `beta: true` in a config is a mistake, not 1.0.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The one rule of each loss parameter: (accepts the value, what it must be).
+PARAM_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "beta": (lambda v: _finite_number(v) and v > 0, "a finite number > 0"),
+    "label_smoothing": (lambda v: _finite_number(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
+    "desirable_weight": (lambda v: _finite_number(v) and v > 0, "a finite number > 0"),
+    "undesirable_weight": (lambda v: _finite_number(v) and v > 0, "a finite number > 0"),
+    "length_normalize": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def param_problem(key: str, value: Any) -> str | None:
+    """``"<key> must be <rule>, got <value>"`` when ``value`` breaks ``key``'s rule, else None."""
+    ok, rule = PARAM_RULES[key]
+    return None if ok(value) else f"{key} must be {rule}, got {value!r}"
+
+
+def param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
+    """Every unknown parameter of loss ``name`` and every value that breaks its rule, each message
+    starting with the parameter's name, so that the caller can prefix the place (a config key, the
+    loss). ``name`` must be known."""
+    spec = get_loss(name)
+    valid = ", ".join(sorted(spec.params)) or "(none)"
+    problems = [
+        f"{key}: unknown parameter {key!r}; valid parameters: {valid}"
+        for key in sorted(set(params) - spec.params)
+    ]
+    for key in sorted(set(params) & spec.params):
+        problem = param_problem(key, params[key])
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def check_loss_params(name: str, params: Mapping[str, Any]) -> list[str]:
@@ -76,28 +110,7 @@ def check_loss_params(name: str, params: Mapping[str, Any]) -> list[str]:
     """
     if name not in LOSSES:
         return [f"unknown loss {name!r}; valid losses: {_valid_names()}"]
-    spec = LOSSES[name]
-    problems: list[str] = []
-    valid = ", ".join(sorted(spec.params)) or "(none)"
-    for key in sorted(set(params) - spec.params):
-        problems.append(f"loss {name!r}: unknown parameter {key!r}; valid parameters: {valid}")
-
-    def number(key: str, ok: Callable[[float], bool], rule: str) -> None:
-        if key not in params or key not in spec.params:
-            return
-        value = params[key]
-        if not _is_number(value) or not ok(float(value)):
-            problems.append(f"loss {name!r}: {key} must be {rule}, got {value!r}")
-
-    number("beta", lambda v: v > 0, "a number > 0")
-    number("label_smoothing", lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
-    number("desirable_weight", lambda v: v > 0, "a number > 0")
-    number("undesirable_weight", lambda v: v > 0, "a number > 0")
-    if "length_normalize" in params and "length_normalize" in spec.params:
-        value = params["length_normalize"]
-        if not isinstance(value, bool):
-            problems.append(f"loss {name!r}: length_normalize must be true or false, got {value!r}")
-    return problems
+    return [f"loss {name!r}: {problem}" for problem in param_problems(name, params)]
 
 
 def pair_loss(name: str, logps: PairLogps, *, kl_mean: MeanFn | None = None, **params: Any) -> LossOutput:
@@ -106,15 +119,15 @@ def pair_loss(name: str, logps: PairLogps, *, kl_mean: MeanFn | None = None, **p
     ipo: ``length_normalize`` (default True) decides whether completion lengths are passed.
     sft: uses only ``policy_chosen`` and ``chosen_lengths``.
     ``kl_mean`` is forwarded to kto_pair only (the other losses have no batch statistics).
-    Unknown parameters, unknown names and the unpaired ``kto`` raise ValueError.
+    Unknown names, the unpaired ``kto`` and parameters :func:`check_loss_params` refuses raise
+    ValueError.
     """
     spec = get_loss(name)
     if not spec.paired:
         raise ValueError(f"loss {name!r} is not a paired loss; pair_loss handles paired losses only")
-    unknown = set(params) - spec.params
-    if unknown:
-        valid = ", ".join(sorted(spec.params)) or "(none)"
-        raise ValueError(f"loss {name!r}: unknown parameter(s) {sorted(unknown)}; valid parameters: {valid}")
+    problems = check_loss_params(name, params)
+    if problems:
+        raise ValueError("; ".join(problems))
 
     four = (logps.policy_chosen, logps.policy_rejected, logps.ref_chosen, logps.ref_rejected)
     if name == "dpo":
