@@ -99,13 +99,22 @@ def test_reference_and_logprobs_import_no_other_tralign_module(name: str) -> Non
 
 
 def test_data_imports_no_losses_module_eval_or_training() -> None:
-    forbidden = ("tralign.losses", "tralign.module", "tralign.eval", "tralign.train")
+    forbidden = (
+        "tralign.losses",
+        "tralign.module",
+        "tralign.eval",
+        "tralign.train",
+        "tralign.build",
+        "tralign.finish",
+    )
     assert _violations(("tralign.data",), forbidden) == []
 
 
 def test_eval_imports_nothing_of_training() -> None:
     forbidden = (
         "tralign.train",
+        "tralign.build",
+        "tralign.finish",
         "tralign.module",
         "tralign.strategies",
         "tralign.guards",

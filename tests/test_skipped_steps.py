@@ -20,7 +20,7 @@ from tralign.train import run
 
 class Weights(L.Callback):
     """Policy and reference weights after every optimizer step (taken when the next one starts,
-    or when training ends: the reference moves after the trainer's callbacks have run)."""
+    or when training ends: after the step's reference update has run)."""
 
     def __init__(self):
         self.policy: dict[int, torch.Tensor] = {}
