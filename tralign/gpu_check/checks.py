@@ -92,7 +92,7 @@ def audited_run(work: Path, name: str, device: str, head_dtype: str, overrides: 
 
 
 def finite_metrics(summary: dict[str, Any]) -> bool:
-    """Every logged train/val metric finite (``tralign.train`` writes a non-finite one as null)."""
+    """Every logged train/val metric finite (``tralign.finish`` writes a non-finite one as null)."""
     values = [*summary.get("train", {}).values(), *summary.get("val", {}).values()]
     return bool(values) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
