@@ -8,11 +8,11 @@ import secrets
 
 import pytest
 import torch
+from helpers.chat_server import ChatServer, prefers_good
 from helpers.models import tiny_neox
 from helpers.paths import CONF
 from helpers.processes import run_cli
 from hydra import compose, initialize_config_dir
-from test_judges import ChatServer, prefers_good
 
 from tralign.data.synthetic import SyntheticTask
 from tralign.errors import TralignError
