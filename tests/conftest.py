@@ -1,53 +1,35 @@
-"""Shared fixtures: compose the real configs, shrink them for seconds-long CPU runs, stay offline."""
+"""Fixtures and session set-up only; helpers (configs, CLI runs, tiny models) live in tests/helpers/.
+
+Layout: tests/<subpackage>/ holds the tests of tralign/<subpackage>/ (losses, data, eval, report,
+bench, gpu_check); tests of top-level modules and end-to-end runs stay in tests/. Every test file
+name is unique across the tree (pytest's default import mode puts each test folder on sys.path)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers.models import tiny_neox  # noqa: F401  (re-exported: tests import it from conftest)
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+
+# tests/ on sys.path for every test file, wherever it sits: ``from helpers.config import SHRINK``.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers.paths import SHARED  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread per process: the models are tiny, and two xdist workers (or a 2-rank run beside
+# a worker) on 2 cores would oversubscribe them; spinning threads cost CPU time for nothing. Inherited
+# by every run the tests start (a shrunk CLI run: 15.2 -> 11.8 CPU-s). torchrun's ranks already do so.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # Tokenised-data caches of the tests go to a throwaway folder, not ~/.cache/tralign.
 os.environ.setdefault("TRALIGN_CACHE", tempfile.mkdtemp(prefix="tralign-test-cache-"))
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-SHARED = REPO.parent / "shared"
-
-# Small enough for a few seconds per run, large enough that every code path runs (validation,
-# periodic checkpoints, reference updates, golden evaluation).
-SHRINK = [
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "data.n_train=64",
-    "data.n_val=16",
-    "data.batch_size=8",
-    "data.eval_batch_size=8",
-    "data.golden_eval.n_prompts=8",
-    "data.golden_eval.max_new_tokens=4",
-    "checkpoint.every_n_steps=2",
-    "logger=none",
-]
-
-
-def compose_cfg(overrides: list[str] | None = None, shrink: bool = True) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=(SHRINK if shrink else []) + list(overrides or []))
-    return cfg
 
 
 @pytest.fixture
@@ -57,85 +39,41 @@ def shared() -> Path:
     return SHARED
 
 
-# The embedded task's default world (conf/data/synthetic.yaml's task block), for DataModule tests.
-SYNTH_TASK = {"seed": 0, "n_words": 24, "n_keys": 2, "min_len": 2, "max_len": 8, "label_temperature": 0.25}
+# The longest tests (2-core wall, seconds, full suite), started first. pytest-xdist (--dist loadgroup)
+# hands a free worker the next test in collection order (xdist_group groups of several tests go
+# first); a long test left for the end would run alone while the other worker idles.
+LONGEST_FIRST = [
+    "test_two_step_run_of_both_frameworks",  # 125: three processes, TRL's and tralign's imports
+    "test_single_process_resume_after_sigkill_is_exact",  # 115 + 44 (group scale_one_process)
+    "test_golden_aligned_policy_beats_its_start_and_multi_run_table",  # 82
+    "test_bf16_llama_checkpoint_trains_fp32_on_two_fsdp2_ranks",  # 76
+    "test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process",
+    "test_reference_moves_under_every_two_rank_sharding_option",
+    "test_real_multirun_then_report",
+    "test_two_ranks_load_policy_and_frozen_copies_exactly_from_the_checkpoint",
+    "test_sharded_log_probs_and_gradients_equal_one_process_without_full_logits",
+    "test_two_process_ddp_sigterm_at_any_moment_exits_143_with_a_checkpoint",
+    "test_cli_two_process_ddp_on_cpu",
+    "test_two_process_ddp_gets_disjoint_equal_shares",
+]
 
 
-def synthetic_data_cfg(**overrides: Any) -> dict[str, Any]:
-    """A small synthetic data config (64 train / 16 val pairs) for building a DataModule directly."""
-    cfg = {
-        "name": "synthetic",
-        "n_train": 64,
-        "n_val": 16,
-        "task": dict(SYNTH_TASK),
-        "max_length": 48,
-        "max_prompt_length": 16,
-        "batch_size": 8,
-        "eval_batch_size": 8,
-        "num_workers": 0,
-    }
-    cfg.update(overrides)
-    return cfg
-
-
-def run_cli(module: str, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run ``python -m MODULE ARGS`` offline in ``cwd``, as a user would."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def sigkill_after_checkpoint(
-    cmd: list[str], cwd: Path, env: dict[str, str], target: Path, log_path: Path
-) -> Path:
-    """Start ``cmd`` (a run that would train for long) in its own process group; once ``target``
-    (a checkpoint, complete once it exists: saves are write-then-rename) appears, SIGKILL the whole
-    group, launcher and every rank. Returns ``target``."""
-    import signal
-    import time
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 300
-        while not target.exists():
-            assert proc.poll() is None, log_path.read_text()[-4000:]
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        kill_tree(proc.pid)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return target
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a launcher and every process below it. A process-group kill is not enough: torchrun
-    starts its ranks in sessions of their own, so they would outlive the launcher and go on training
-    (for max_steps=100000) in the background of the rest of the suite."""
-    import signal
-
-    import psutil
-
-    try:
-        procs = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
-    for child in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.send_signal(signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def _start_order(item: pytest.Item) -> tuple[int, int]:
+    name = getattr(item, "originalname", item.name)
+    if name in LONGEST_FIRST:
+        return 0, LONGEST_FIRST.index(name)
+    return (1 if item.get_closest_marker("slow") else 2), 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` run only where CUDA is present."""
+    """The longest tests first, then the other slow ones (a stable sort: otherwise collection order).
+    A file's tests stay together (its module-scoped fixtures are made once with ``-n0``), the file
+    placed by its longest test. Tests marked ``gpu`` run only where CUDA is present."""
+    first: dict[str, tuple[int, int]] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        first[path] = min(first.get(path, (3, 0)), _start_order(item))
+    items.sort(key=lambda item: (first[item.nodeid.split("::")[0]], _start_order(item)))
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch

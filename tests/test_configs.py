@@ -4,7 +4,8 @@ are all reported at once, naming the key, before anything is built."""
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, compose_cfg
+from helpers.config import compose_cfg
+from helpers.paths import CONF
 
 from tralign.config import loss_params, schedule_from, validate
 from tralign.errors import ConfigError

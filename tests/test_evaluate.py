@@ -8,10 +8,11 @@ import secrets
 
 import pytest
 import torch
-from conftest import CONF, run_cli
+from helpers.chat_server import ChatServer, prefers_good
+from helpers.models import tiny_neox
+from helpers.paths import CONF
+from helpers.processes import run_cli
 from hydra import compose, initialize_config_dir
-from test_judges import ChatServer, prefers_good
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from tralign.data.synthetic import SyntheticTask
 from tralign.errors import TralignError
@@ -23,13 +24,10 @@ def tiny_policy(path, *, sft_steps: int = 0, seed: int = 0):
     (an aligned policy, in golden-reward terms)."""
     task = SyntheticTask()
     tokenizer = task.build_tokenizer()
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    model = tiny_neox(
+        seed, tokenizer=tokenizer, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, rotary_pct=0.25,
     )  # fmt: skip
-    model = GPTNeoXForCausalLM(config)
     if sft_steps:
         rows = task.preference_rows(256, seed=7)
         texts = [r["prompt"] + task.oracle_completion(r["prompt"]) + "<eos>" for r in rows]
@@ -55,6 +53,7 @@ def compose_eval(overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_golden_aligned_policy_beats_its_start_and_multi_run_table(tmp_path, capsys):
     start = tiny_policy(tmp_path / "start")
     aligned = tiny_policy(tmp_path / "aligned", sft_steps=150)
@@ -92,6 +91,7 @@ def test_comparisons_and_bad_input(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_api_run_never_writes_the_key(tmp_path):
     """The whole CLI with judge=api (HC ratings on, W&B offline) against a local server: outputs as
     expected, and the planted key is in no file, log or printed line."""

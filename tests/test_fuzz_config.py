@@ -9,7 +9,7 @@ import copy
 import math
 
 import pytest
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from tralign.config import validate
 from tralign.errors import ConfigError, TralignError
 from tralign.train import run
+
+pytestmark = pytest.mark.fuzz  # hypothesis: python -m pytest -m 'not fuzz' skips these
 
 # Leaf keys a user may override, as typed on the command line.
 KEYS = [
@@ -129,6 +131,7 @@ METHODS = st.sampled_from(["dpo", "tr_dpo", "ipo", "tr_kto", "sft", "kto_unpaire
     max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
 )
 @given(METHODS, st.fixed_dictionaries({}, optional=PLAUSIBLE))
+@pytest.mark.e2e
 def test_accepted_configs_train_one_step(tmp_path_factory, method, overrides):
     args = [f"method={method}", "trainer.max_steps=1", "data.n_train=24", "data.n_val=8"]
     args += ["data.golden_eval.n_prompts=4", "data.golden_eval.max_new_tokens=2"]

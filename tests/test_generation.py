@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from helpers.models import tiny_neox
+from transformers import GPTNeoXForCausalLM
 
 from tralign.data.synthetic import SyntheticTask
 from tralign.eval.golden import golden_eval
@@ -18,19 +19,14 @@ CFG = {"n_prompts": 6, "max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "b
 
 
 def _model(seed: int) -> GPTNeoXForCausalLM:
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=32,
-        hidden_size=16,
+    return tiny_neox(
+        seed,
         num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
         max_position_embeddings=64,
         eos_token_id=TOKENIZER.eos_token_id,
         pad_token_id=TOKENIZER.pad_token_id,
         bos_token_id=TOKENIZER.eos_token_id,
     )
-    return GPTNeoXForCausalLM(config)
 
 
 def test_sampling_is_seeded_and_trimmed_at_eos() -> None:

@@ -16,24 +16,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli
-from test_scale import RUN, TWO_PROC, _assert_same
+from helpers.callbacks import PoisonGradients, with_callbacks
+from helpers.config import SHRINK, compose_cfg
+from helpers.paths import REPO
+from helpers.processes import run_cli
+from helpers.runs import RUN, TWO_PROC, assert_same
 
 import tralign.guards as guards
 from tralign.guards import NonFiniteError, NonFiniteGuard, all_finite
 from tralign.train import run
-
-
-class PoisonGradients(L.Callback):
-    """Makes the gradients of the given optimizer steps (1-based) NaN, as an overflow would."""
-
-    def __init__(self, steps: set[int], param_index: int = 0):
-        self.steps, self.param_index = steps, param_index
-
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step + 1 in self.steps:
-            grad = list(pl_module.policy.parameters())[self.param_index].grad
-            grad.view(-1)[0] = float("nan")
 
 
 class Snapshot(L.Callback):
@@ -53,11 +44,6 @@ class Snapshot(L.Callback):
         self.after[trainer.global_step] = self._flat(pl_module)
 
 
-def _with_callbacks(monkeypatch: pytest.MonkeyPatch, *extra: L.Callback) -> None:
-    original = guards.guard_callbacks
-    monkeypatch.setattr(guards, "guard_callbacks", lambda cfg: [*extra, *original(cfg)])
-
-
 def test_all_finite_sees_nan_inf_and_ignores_missing_grads():
     assert all_finite([torch.ones(3), None, torch.zeros(0)])
     assert not all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
@@ -66,9 +52,10 @@ def test_all_finite_sees_nan_inf_and_ignores_missing_grads():
     assert all_finite([big])
 
 
+@pytest.mark.e2e
 def test_nonfinite_steps_are_skipped_counted_and_never_reach_the_reference(monkeypatch, tmp_path):
     poison, snap = PoisonGradients({2, 3}), Snapshot()
-    _with_callbacks(monkeypatch, poison, snap)
+    with_callbacks(monkeypatch, poison, snap)
     cfg = compose_cfg(["ref_update=soft", "alpha=0.5", "trainer.max_steps=5"])
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["global_step"] == 5
@@ -82,9 +69,10 @@ def test_nonfinite_steps_are_skipped_counted_and_never_reach_the_reference(monke
     assert state["callbacks"]["NonFiniteGuard"] == {"skipped": 2, "consecutive": 0}
 
 
+@pytest.mark.e2e
 def test_consecutive_nonfinite_steps_stop_with_a_checkpoint_of_the_last_good_state(monkeypatch, tmp_path):
     snap = Snapshot()
-    _with_callbacks(monkeypatch, PoisonGradients({3, 4, 5, 6}), snap)
+    with_callbacks(monkeypatch, PoisonGradients({3, 4, 5, 6}), snap)
     cfg = compose_cfg(
         ["trainer.max_steps=8", "guard.max_consecutive_nonfinite=3", "checkpoint.every_n_steps=100"]
     )
@@ -100,8 +88,9 @@ def test_consecutive_nonfinite_steps_stop_with_a_checkpoint_of_the_last_good_sta
     assert torch.equal(policy.sort().values, good.sort().values)
 
 
+@pytest.mark.e2e
 def test_on_nonfinite_stop_stops_at_the_first_bad_step(monkeypatch, tmp_path):
-    _with_callbacks(monkeypatch, PoisonGradients({2}))
+    with_callbacks(monkeypatch, PoisonGradients({2}))
     cfg = compose_cfg(["guard.on_nonfinite=stop"])
     with pytest.raises(NonFiniteError, match="optimizer step 2 .guard.on_nonfinite=stop"):
         run(cfg, tmp_path)
@@ -133,6 +122,7 @@ runpy.run_module("tralign.train", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.e2e
 def test_cli_nonfinite_stop_exits_3_with_one_line(tmp_path):
     # The real entry point (main) with a callback that poisons every gradient.
     driver = tmp_path / "driver.py"
@@ -155,6 +145,7 @@ def test_cli_nonfinite_stop_exits_3_with_one_line(tmp_path):
     assert summary["status"] == "stopped" and summary["checkpoint"].endswith("nonfinite-step2.ckpt")
 
 
+@pytest.mark.e2e
 def test_a_policy_with_nonfinite_weights_is_never_mixed_into_the_reference(monkeypatch, tmp_path):
     class Corrupt(L.Callback):  # finite gradients, but the policy gets an inf weight (an overflow)
         def on_before_zero_grad(self, trainer, pl_module, optimizer):
@@ -164,7 +155,7 @@ def test_a_policy_with_nonfinite_weights_is_never_mixed_into_the_reference(monke
                     next(pl_module.policy.parameters()).view(-1)[0] = float("inf")
 
     corrupt = Corrupt()
-    _with_callbacks(monkeypatch, corrupt)
+    with_callbacks(monkeypatch, corrupt)
     cfg = compose_cfg(["ref_update=soft", "alpha=0.5"])  # soft: the reference moves every step
     with pytest.raises(
         NonFiniteError, match="weights are non-finite after optimizer step 3; the reference was not"
@@ -276,6 +267,8 @@ runpy.run_module("tralign.train", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.xdist_group("guards_whole")  # both use the module-scoped run `whole`: make it once
 def test_sigusr2_under_submitit_saves_then_requeues_and_the_same_command_resumes_exactly(tmp_path, whole):
     run_dir, marker = tmp_path / "run", tmp_path / "requeued.json"
     driver = tmp_path / "driver.py"
@@ -298,7 +291,7 @@ def test_sigusr2_under_submitit_saves_then_requeues_and_the_same_command_resumes
     marker.unlink()
     _resumes_to_the_end(cmd, tmp_path, env, run_dir, ckpt)
     assert not marker.exists()
-    _assert_same(whole, run_dir, atol=0.0)  # bitwise: same rows, same order, same reference
+    assert_same(whole, run_dir, atol=0.0)  # bitwise: same rows, same order, same reference
     done, reference = (json.loads((d / "summary.json").read_text()) for d in (run_dir, whole))
     assert done["ref_updates"] == reference["ref_updates"] == 10
     assert math.isclose(done["val"]["val/loss"], reference["val"]["val/loss"], rel_tol=1e-6)
@@ -314,9 +307,10 @@ class SendSignal(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.e2e
 def test_a_configured_signal_replaces_the_defaults_and_checkpoints(monkeypatch, tmp_path):
     # guard.preemption_signals=[SIGUSR1]: e.g. sbatch --signal=USR1@300 with srun tasks.
-    _with_callbacks(monkeypatch, SendSignal(signal.SIGUSR1, 2))
+    with_callbacks(monkeypatch, SendSignal(signal.SIGUSR1, 2))
     before = signal.getsignal(signal.SIGUSR1)
     with pytest.raises(SystemExit) as caught:
         run(compose_cfg(["guard.preemption_signals=[SIGUSR1]", "trainer.max_steps=6"]), tmp_path)
@@ -336,10 +330,11 @@ class TermDuringFinalValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.e2e
 def test_sigterm_during_the_closing_validation_stops_before_the_export(monkeypatch, tmp_path):
     # After fit, trainer.validate re-registers Lightning's handler; ours takes over for that stage
     # too, the validation finishes and the run stops with the final checkpoint as the resume point.
-    _with_callbacks(monkeypatch, TermDuringFinalValidation())
+    with_callbacks(monkeypatch, TermDuringFinalValidation())
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as caught:
         run(compose_cfg([]), tmp_path)
@@ -358,26 +353,46 @@ def test_sigterm_during_the_closing_validation_stops_before_the_export(monkeypat
 TERM_IN_VALIDATION = """
 import os, runpy, signal
 import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
 import tralign.guards as guards
 
-class TermDuringValidation(L.Callback):  # rank 0 only: Lightning starts rank 1 as python -m tralign.train
+# CPU's "auto" is one device; two here, as on a 2-GPU node. Run as ``python -m term_auto_two``: this
+# module is what Lightning's launcher re-runs for rank 1, so both ranks see two devices.
+CPUAccelerator.auto_device_count = staticmethod(lambda: 2)
+
+class TermDuringValidation(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        if trainer.state.fn == "fit" and trainer.global_step == 4 and batch_idx == 0:
+        at_step_4 = trainer.state.fn == "fit" and trainer.global_step == 4 and batch_idx == 0
+        if at_step_4 and trainer.is_global_zero:
             os.killpg(os.getpgid(0), signal.SIGTERM)  # every rank, mid-validation
 
 original = guards.guard_callbacks
 guards.guard_callbacks = lambda cfg: [TermDuringValidation(), *original(cfg)]
-runpy.run_module("tralign.train", run_name="__main__", alter_sys=True)
+runpy.run_module("tralign.train", run_name="__main__")
 """
+# BASE on trainer.devices=auto (two devices, see the driver) and a hybrid mesh (2 replicas x 1 shard).
+# tralign cuts data.global_batch_size for the devices it counts before the launch, and "auto" is not
+# counted there (it refuses the mismatch): 4 rows per rank instead, the same global batch of 8.
+AUTO_HYBRID = [
+    *(a for a in BASE if not a.startswith("data.global_batch_size=")),
+    "data.batch_size=4",
+    *(a for a in TWO_PROC if not a.startswith("trainer.devices=")),
+    "trainer.devices=auto",
+    "trainer.strategy.hybrid=true",
+    "trainer.strategy.shard_size=1",
+]
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.xdist_group("guards_whole")  # both use the module-scoped run `whole`: make it once
 def test_two_process_fsdp2_sigterm_mid_validation_checkpoints_together_and_resumes_exactly(tmp_path, whole):
-    driver = tmp_path / "driver.py"
-    driver.write_text(TERM_IN_VALIDATION)
+    """One launch, two properties: pre-emption of 2 fsdp2 ranks (checkpoint together, resume exactly),
+    and ``trainer.devices=auto`` on a hybrid mesh (2 replicas x 1 shard) training as one process."""
+    (tmp_path / "term_auto_two.py").write_text(TERM_IN_VALIDATION)
     # 4 validation batches per rank at step 4: Lightning's loop would raise at the next one.
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(driver), *BASE, *TWO_PROC, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "term_auto_two", *AUTO_HYBRID, f"hydra.run.dir={run_dir}"]
     summary, _ = _preempted(_launch(cmd, tmp_path, SLURM), run_dir)
     # The validation of step 4 finished on both ranks; they stopped together after step 5.
     assert summary["global_step"] == 5
@@ -387,10 +402,13 @@ def test_two_process_fsdp2_sigterm_mid_validation_checkpoints_together_and_resum
     # The same command again (two processes) resumes to step 10; the uninterrupted run is one
     # process with the same global batch (test_scale.py shows one and two processes agree to 1e-5).
     _resumes_to_the_end(cmd, tmp_path, SLURM, run_dir, ckpt)
-    _assert_same(whole, run_dir, atol=1e-5)
+    assert_same(whole, run_dir, atol=1e-5)
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert (done["world_size"], done["global_batch_size"]) == (2, 8)  # auto: the two devices
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_ddp_sigterm_at_any_moment_exits_143_with_a_checkpoint(tmp_path):
     # Signalled from outside at whatever point the ranks are (forward, backward, a collective,
     # mid gradient accumulation: 2 micro-batches per step).

@@ -16,41 +16,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from helpers.models import tiny_config, tiny_neox
+from helpers.paths import REPO
 from safetensors.torch import load_file
 
 
 def _tiny_llama_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=37,  # odd: the two ranks' shards differ in size
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=64,
+    # vocab_size odd: the two ranks' shards differ in size
+    return tiny_config(
+        "llama", vocab_size=37, num_attention_heads=4, intermediate_size=24, max_position_embeddings=64,
         rope_theta=5000.0,
-    )
+    )  # fmt: skip
 
 
 def _save_tiny(tmp_path: Path) -> list[Path]:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(0)
-    neox = GPTNeoXForCausalLM(
-        GPTNeoXConfig(
-            vocab_size=40,
-            hidden_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=36,
-            max_position_embeddings=32,
-            rotary_pct=0.5,
-            tie_word_embeddings=False,
-        )
-    )
+    neox = tiny_neox(0, vocab_size=40, intermediate_size=36, rotary_pct=0.5, tie_word_embeddings=False)
     llama = LlamaForCausalLM(_tiny_llama_config())
     folders = [tmp_path / "neox-fp32", tmp_path / "llama-bf16", tmp_path / "neox-bin"]
     neox.save_pretrained(folders[0], safe_serialization=True)
@@ -64,6 +46,7 @@ def _save_tiny(tmp_path: Path) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_ranks_load_policy_and_frozen_copies_exactly_from_the_checkpoint(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -144,7 +127,6 @@ def test_fsdp2_builds_the_policy_and_its_frozen_copies_without_weights(tmp_path:
 
 def test_local_reads_give_the_checkpoint_under_the_models_names(tmp_path: Path) -> None:
     """One process (each tensor whole): the reads, the dtype cast and GPT-NeoX's embed_out -> lm_head."""
-    from conftest import tiny_neox
     from transformers import AutoModelForCausalLM
 
     from tralign.loading import build_empty_policy, checkpoint_entries, materialize_meta_, read_local_shards_
@@ -176,7 +158,7 @@ def test_a_checkpoint_whose_names_do_not_match_goes_through_rank_zero(tmp_path: 
 
 
 def test_unsharded_strategies_and_models_from_scratch_are_built_whole() -> None:
-    from conftest import compose_cfg
+    from helpers.config import compose_cfg
 
     from tralign.loading import build_policy_for_strategy
     from tralign.models import build_policy, build_tokenizer

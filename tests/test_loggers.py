@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 
 from tralign.loggers import wandb_mode
 from tralign.module import lr_lambda
@@ -55,6 +55,7 @@ def test_lr_schedule_shapes() -> None:
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
 
 
+@pytest.mark.e2e
 def test_csv_logger_records_trust_region_metrics(tmp_path: Path) -> None:
     run(compose_cfg(["logger=csv", "ref_update=hard", "tau=2"]), tmp_path)
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.models import tiny_neox
 
 from tralign.logprobs import head_logps, model_sequence_logps, sequence_logps, token_logps
 
@@ -121,19 +122,7 @@ def test_rejects_bad_chunk_size_and_shapes() -> None:
 
 # --- the LM head on completion positions only ---------------------------------------------------
 def tiny_lm(seed: int = 0, bias: bool = False):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=37,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-    )
-    model = GPTNeoXForCausalLM(config)
+    model = tiny_neox(seed, vocab_size=37, tie_word_embeddings=False)
     if bias:  # Pythia's head has no bias; other models' may
         head = torch.nn.Linear(16, 37, bias=True)
         model.set_output_embeddings(head)

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from tiny_archs import ARCHS, arch_batch, tiny_arch
+from helpers.models import ARCHS, arch_batch, tiny_arch
 
 from tralign import heads
 from tralign.logprobs import LogitMap, head_logps, model_sequence_logps, sequence_logps

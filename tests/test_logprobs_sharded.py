@@ -1,7 +1,7 @@
 """The completion-positions-only LM head under sharding: FSDP2 (``fully_shard``, DTensor parameters,
 fp32 and bf16-gathered) and FSDP1 (``use_orig_params=True``, each block and the whole model a unit
 under a root) on 2 gloo CPU ranks give one process's log-probs and gradients, and never build the
-(N, T, V) logits. One launch checks everything (tests/sharded_logps_worker.py)."""
+(N, T, V) logits. One launch checks everything (tests/helpers/sharded_logps_worker.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 
-WORKER = Path(__file__).parent / "sharded_logps_worker.py"
+WORKER = REPO / "tests" / "helpers" / "sharded_logps_worker.py"
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli, tiny_neox
+from helpers.config import compose_cfg
+from helpers.models import tiny_model, tiny_neox
+from helpers.processes import run_cli
 from safetensors.torch import load_file
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from tralign.config import validate
 from tralign.errors import ConfigError
@@ -27,20 +28,10 @@ PYTHIA_ROWS = 50304  # the Pythia tokenizer's 50,277 tokens, padded as Pythia pa
 
 
 def _tiny(arch: str):
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=PYTHIA_ROWS,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    if arch == "neox":
-        return GPTNeoXForCausalLM(GPTNeoXConfig(**common))
-    return LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
+    return tiny_model(
+        {"neox": "gpt_neox", "llama": "llama"}[arch], 0, vocab_size=PYTHIA_ROWS, hidden_size=32,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +84,7 @@ def test_master_and_reference_dtype_helpers() -> None:
 
 
 def test_frozen_copy_in_bf16_keeps_ties_and_leaves_the_policy() -> None:
-    policy = GPTNeoXForCausalLM(
-        GPTNeoXConfig(
-            vocab_size=32,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            tie_word_embeddings=True,
-        )
-    )
+    policy = tiny_neox(num_hidden_layers=1, tie_word_embeddings=True)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     clone = frozen_copy(policy, torch.bfloat16)
     assert {p.dtype for p in clone.parameters()} == {torch.bfloat16}
@@ -225,6 +207,7 @@ def _changed_fraction(trained: dict[str, torch.Tensor], start: dict[str, torch.T
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["neox-fp16", "neox-bf16", "llama-fp16", "llama-bf16"])
+@pytest.mark.e2e
 def test_half_checkpoint_trains_fp32_at_lr_1e6(
     name: str, checkpoints: dict[str, Path], shared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -269,6 +252,7 @@ def test_half_checkpoint_trains_fp32_at_lr_1e6(
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_bf16_llama_checkpoint_trains_fp32_on_two_fsdp2_ranks(
     checkpoints: dict[str, Path], shared: Path, tmp_path: Path
 ) -> None:
@@ -292,6 +276,7 @@ def test_bf16_llama_checkpoint_trains_fp32_on_two_fsdp2_ranks(
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_refuses_fp16_master_weights_in_one_line(
     checkpoints: dict[str, Path], shared: Path, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_cfg, synthetic_data_cfg
+from helpers.config import compose_cfg, synthetic_data_cfg
 
 from tralign.data.datamodule import PreferenceDataModule
 from tralign.data.synthetic import SyntheticTask
@@ -150,6 +150,7 @@ def _unpaired_datamodule(tok) -> PreferenceDataModule:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_dpo_learns_held_out_preferences(tmp_path: Path) -> None:
     """A short DPO run on the embedded task (noise-free labels): held-out preference accuracy
     against the starting policy (``val/init/rewards/accuracies``, 256 pairs) climbs from chance to

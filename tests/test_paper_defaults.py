@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, tiny_neox
+from helpers.models import tiny_neox
+from helpers.paths import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 
 from tralign.checkpoint import resolve_ckpt_path
 from tralign.config import validate

@@ -10,8 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg, run_cli
+from helpers.config import compose_cfg
 from helpers.models import tiny_neox
+from helpers.processes import run_cli
 
 import tralign.safety
 from tralign.config import validate
@@ -60,6 +61,7 @@ def test_checkpoints_already_in_a_resumed_folder_count_as_reusable(tmp_path: Pat
         check_checkpoint_space(tmp_path, 1000, {"keep": None, "every_n_steps": 250}, 10_000)
 
 
+@pytest.mark.e2e
 def test_checkpoint_size_estimate_is_what_lightning_writes(tmp_path: Path, monkeypatch) -> None:
     """The estimate against a real checkpoint of the tiny model (policy, reference, starting copy,
     AdamW moments), and a run refused before training when the disk is short by one byte."""
@@ -129,6 +131,7 @@ def test_multirun_problem(mode, launcher, devices, nodes, accelerator, refused: 
         assert "sweeps/print_jobs.py" in problem and "hydra/launcher=tralign_slurm" in problem
 
 
+@pytest.mark.e2e
 def test_cli_multirun_on_two_local_devices_is_refused_before_anything_is_built(tmp_path: Path) -> None:
     result = run_cli(
         "tralign.train",

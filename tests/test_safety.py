@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, SHRINK, run_cli
+from helpers.config import SHRINK
+from helpers.paths import CONF, REPO
+from helpers.processes import run_cli
 
 from tralign.errors import TralignError
 from tralign.safety import check_output_dir, previous_run
@@ -63,6 +65,7 @@ def test_another_runs_folder_is_refused_unless_asked(tmp_path):
     assert previous_run(export) == "an exported policy (policy/)"
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_pinned_folder_of_another_run_and_touches_nothing(tmp_path):
     done = _fake_run(tmp_path / "done")
     before = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
@@ -85,6 +88,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_checkpoint_holding_a_pickled_object(tmp_path):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.ckpt"

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli, sigkill_after_checkpoint
+from helpers.config import SHRINK, compose_cfg
 from helpers.dispatch import run_workers
-from helpers.models import tiny_neox
-from safetensors.torch import load_file
+from helpers.models import tiny_model, tiny_neox
+from helpers.paths import REPO
+from helpers.processes import run_cli, sigkill_after_checkpoint
+from helpers.runs import RUN, TWO_PROC, assert_same
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
 from tralign.config import validate
@@ -25,19 +27,8 @@ from tralign.strategies import ShardPlan, build_strategy, decoder_block, strateg
 
 # --- strategies ----------------------------------------------------------------------------------
 def test_decoder_block_is_found_for_neox_and_llama() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     assert decoder_block(tiny_neox()).__name__ == "GPTNeoXLayer"
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=32,
-        )
-    )
+    llama = tiny_model("llama", vocab_size=64, num_hidden_layers=1, num_key_value_heads=1)
     assert decoder_block(llama).__name__ == "LlamaDecoderLayer"
     with pytest.raises(ValueError, match="decoder block"):
         decoder_block(torch.nn.Linear(2, 2))
@@ -154,7 +145,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from tralign.reference import update_reference_
 from tralign.strategies import ShardPlan, decoder_block, full_state_dicts, shard_model
 
-from tests.helpers.dispatch import Ops, finish, record_collectives, seeded_pair, spawn
+from helpers.dispatch import Ops, finish, record_collectives, seeded_pair, spawn
 
 def worker(rank, world, out, init):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
@@ -209,26 +200,6 @@ VIEW_OPS = {"aten::detach", "aten::alias", "aten::view", "aten::_unsafe_view", "
 
 
 # --- end to end: 1 vs 2 processes, SIGKILL and resume --------------------------------------------
-RUN = [
-    a
-    for a in SHRINK
-    if not a.startswith(
-        ("trainer.max_steps", "data.batch_size", "data.n_train", "trainer.val_check_interval")
-    )
-] + [
-    "data.n_train=40",  # 5 global batches of 8 per epoch: checkpoints fall mid-epoch and at its end
-    "trainer.val_check_interval=100",
-    "export.reference=true",
-    "data.golden_eval=null",
-]
-TWO_PROC = [
-    "trainer=fsdp2",
-    "trainer.accelerator=cpu",
-    "trainer.devices=2",
-    "trainer.strategy.mixed_precision=null",
-]
-
-
 def _train(tmp_path: Path, name: str, *args: str) -> Path:
     result = run_cli("tralign.train", [*RUN, *args, f"hydra.run.dir={tmp_path / name}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -253,20 +224,6 @@ def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
     )
 
 
-def _weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {part: load_file(run_dir / part / "model.safetensors") for part in ("policy", "reference")}
-
-
-def _assert_same(a: Path, b: Path, atol: float) -> None:
-    wa, wb = _weights(a), _weights(b)
-    for part in wa:
-        assert wa[part].keys() == wb[part].keys()
-        for key in wa[part]:
-            torch.testing.assert_close(wa[part][key], wb[part][key], atol=atol, rtol=0, msg=f"{part}.{key}")
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    assert (sa["global_step"], sa["ref_updates"]) == (sb["global_step"], sb["ref_updates"])
-
-
 ONE_PROCESS = [
     "data.global_batch_size=8",
     "data.batch_size=4",  # 2 micro-batches of 4 accumulated: resume is exact across accumulation too
@@ -284,6 +241,7 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("scale_one_process")
+@pytest.mark.e2e
 def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, one_process: Path) -> None:
     """One run SIGKILLed once step 5's checkpoint is written, resumed from step 4 (mid-epoch) and
     from step 5 (the end of the first epoch): both bitwise equal to the uninterrupted run."""
@@ -292,13 +250,14 @@ def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, one_proces
     for checkpoint in ("step=4.ckpt", "step=5.ckpt"):
         name = f"resumed-{checkpoint.removesuffix('.ckpt').replace('=', '')}"  # no '=' in hydra.run.dir
         resumed = _train(tmp_path, name, *ONE_PROCESS, f"ckpt_path='{saved.parent / checkpoint}'")
-        _assert_same(one_process, resumed, atol=0.0)  # bitwise: same data, same order, same reference
+        assert_same(one_process, resumed, atol=0.0)  # bitwise: same data, same order, same reference
         summary = json.loads((resumed / "summary.json").read_text())
         assert summary["ref_updates"] == 8
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("scale_one_process")
+@pytest.mark.e2e
 def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path, one_process: Path) -> None:
     """torchrun launches the ranks itself (as on a cluster); Lightning sees it and spawns nothing.
     The same data.global_batch_size on both: one process accumulates 2 micro-batches of at most 4
@@ -325,7 +284,7 @@ def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = tmp_path / "two"
-    _assert_same(one_process, two, atol=1e-5)
+    assert_same(one_process, two, atol=1e-5)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["ref_updates"] == 8
     cut = ("global_batch_size", "micro_batch_size", "accumulate_grad_batches", "world_size")
@@ -347,6 +306,7 @@ def _assert_loads_on_one_process(folder: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process(tmp_path: Path) -> None:
     hard = ["ref_update=hard", "tau=3"]
     one = _train(tmp_path, "one", *hard, "data.batch_size=8", "trainer.max_steps=8")
@@ -361,7 +321,7 @@ def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process
         "trainer.max_steps=8",
         f"ckpt_path='{saved}'",
     )
-    _assert_same(one, resumed, atol=1e-5)
+    assert_same(one, resumed, atol=1e-5)
     assert json.loads((resumed / "summary.json").read_text())["ref_updates"] == 2  # after steps 3 and 6
 
 
@@ -380,6 +340,7 @@ def test_slurm_launcher_configs_compose(launcher: str, tasks: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_through_submitit_runs_each_point_as_its_own_job(tmp_path: Path) -> None:
     """submitit's local executor: the same launcher code path as SLURM, minus the cluster."""
     args = [a for a in SHRINK if not a.startswith("trainer.max_steps")]
@@ -409,6 +370,7 @@ def test_run_stamp_is_shared_by_the_ranks_of_one_launch(monkeypatch: pytest.Monk
     assert "slurm" not in run_stamp() and "torchrun" not in run_stamp()
 
 
+@pytest.mark.e2e
 def test_scale_bench_plumbing_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The GPU benchmark's code path on a tiny architecture (numbers are not checked: CPU)."""
     from tralign import scale_bench

@@ -49,6 +49,7 @@ def test_peak_table_gives_dense_bf16_by_device_name(name: str, tflops: float | N
     assert scale_bench.peak_tflops_for(name) == tflops
 
 
+@pytest.mark.e2e
 def test_peak_memory_is_reset_after_the_models_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
     build = scale_bench.build

@@ -8,7 +8,8 @@ import secrets
 from pathlib import Path
 
 import pytest
-from conftest import SHRINK, compose_cfg, run_cli
+from helpers.config import SHRINK, compose_cfg
+from helpers.processes import run_cli
 
 from tralign.config import validate
 from tralign.errors import ConfigError
@@ -69,6 +70,7 @@ def test_redaction_replaces_the_value_in_hydra_files(tmp_path):
     assert _leaks(tmp_path, "sk-secret-value-123456789") == []
 
 
+@pytest.mark.e2e
 def test_cli_key_on_the_command_line_is_refused_and_redacted_from_hydra_files(tmp_path):
     key = "sk-planted-" + secrets.token_hex(16)
     result = run_cli(
@@ -83,6 +85,7 @@ def test_cli_key_on_the_command_line_is_refused_and_redacted_from_hydra_files(tm
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_training_with_planted_env_keys_writes_them_nowhere(tmp_path):
     # Keys in the environment, as they should be: a W&B (offline) training run must not copy them
     # into any file (configs, summary.json, train.log, wandb/ offline files) or the console.

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, SHRINK, tiny_neox
-from test_fsdp1_cpu import TORCHRUN, shim_env
+from helpers.config import SHRINK
+from helpers.fsdp1_shim import shim_env
+from helpers.models import tiny_neox
+from helpers.paths import CONF
+from helpers.processes import TORCHRUN
 
 from tralign.module import frozen_copy
 from tralign.strategies import build_strategy
@@ -152,6 +155,7 @@ def assert_reference_moved(results: dict[str, list[dict]]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_reference_moves_under_every_two_rank_sharding_option(tmp_path: Path) -> None:
     """fsdp FULL_SHARD / SHARD_GRAD_OP / HYBRID_SHARD / NO_SHARD, fsdp2 with and without
     resharding after forward, and ddp, on 2 gloo ranks: one torchrun launch."""
@@ -159,6 +163,7 @@ def test_reference_moves_under_every_two_rank_sharding_option(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_reference_moves_on_a_single_device(tmp_path: Path) -> None:
     assert_reference_moved(launch_options(tmp_path, SINGLE, ranks=1))
 

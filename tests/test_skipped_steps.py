@@ -9,9 +9,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_cfg, tiny_neox
+from helpers.callbacks import PoisonGradients, with_callbacks
+from helpers.config import compose_cfg
+from helpers.models import tiny_neox
 from safetensors.torch import load_file
-from test_guards import PoisonGradients, _with_callbacks
 
 from tralign.module import AlignmentModule
 from tralign.reference import ReferenceSchedule
@@ -46,11 +47,12 @@ class Weights(L.Callback):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_hard_update_waits_for_tau_applied_steps_and_resumes_exactly(monkeypatch, tmp_path):
     # Step 2 is skipped, so the applied steps are 1, 3, 4, 5: with τ = 2 the reference is copied
     # after global steps 3 and 5 (counting global steps would copy after 2, an unchanged policy).
     weights = Weights()
-    _with_callbacks(monkeypatch, PoisonGradients({2}), weights)
+    with_callbacks(monkeypatch, PoisonGradients({2}), weights)
     common = [
         "ref_update=hard",
         "tau=2",
@@ -79,11 +81,12 @@ def test_hard_update_waits_for_tau_applied_steps_and_resumes_exactly(monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_soft_update_skips_the_skipped_step(monkeypatch, tmp_path):
     # τ = 1: every applied step mixes the policy in; the skipped step 2 must not mix in the
     # unchanged policy a second time.
     weights = Weights()
-    _with_callbacks(monkeypatch, PoisonGradients({2}), weights)
+    with_callbacks(monkeypatch, PoisonGradients({2}), weights)
     summary = run(compose_cfg(["ref_update=soft", "alpha=0.5", "trainer.max_steps=4"]), tmp_path)
     assert weights.reference_moved() == [1, 3, 4]
     assert (summary["ref_updates"], summary["applied_steps"]) == (3, 3)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, REPO
+from helpers.paths import CONF, REPO
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -102,6 +102,7 @@ def test_sweep_group_is_only_added_to_tralign_configs(tmp_path: Path) -> None:
         _compose(["+sweep=no_such_sweep"])  # in tralign's configs it is a group
 
 
+@pytest.mark.e2e
 def test_sweep_is_found_from_another_working_directory(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     result = subprocess.run(

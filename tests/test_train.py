@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHRINK, compose_cfg, run_cli
+from helpers.config import SHRINK, compose_cfg
+from helpers.processes import run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tralign.train import run
@@ -19,6 +20,7 @@ VALID += [("sft", "none")]
 
 
 @pytest.mark.parametrize(("method", "ref_update"), VALID)
+@pytest.mark.e2e
 def test_every_method_and_reference_update_trains(method: str, ref_update: str, tmp_path: Path) -> None:
     cfg = compose_cfg([f"method={method}", f"ref_update={ref_update}", "tau=2"])
     summary = run(cfg, tmp_path)
@@ -42,6 +44,7 @@ def test_every_method_and_reference_update_trains(method: str, ref_update: str, 
         assert "val/init/rewards/accuracies" in summary["val"]
 
 
+@pytest.mark.e2e
 def test_run_outputs_contract(tmp_path: Path) -> None:
     cfg = compose_cfg(["export.reference=true"])
     summary = run(cfg, tmp_path)
@@ -93,6 +96,7 @@ def test_run_outputs_contract(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.e2e
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     cfg = compose_cfg(
         ["ref_update=hard", "tau=2", "trainer.accumulate_grad_batches=3", "trainer.max_steps=6"]
@@ -103,6 +107,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     assert summary["global_batch_size"] == 8 * 3
 
 
+@pytest.mark.e2e
 def test_sft_then_alignment_from_its_export(tmp_path: Path) -> None:
     sft = run(compose_cfg(["method=sft", "ref_update=none"]), tmp_path / "sft")
     aligned = run(compose_cfg([f"model.init_from={sft['policy_dir']}"]), tmp_path / "dpo")
@@ -118,6 +123,7 @@ def test_sft_then_alignment_from_its_export(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_multirun_sweeps_alpha_and_beta(tmp_path: Path) -> None:
     result = run_cli(
         "tralign.train",
@@ -144,6 +150,7 @@ def test_cli_multirun_sweeps_alpha_and_beta(tmp_path: Path) -> None:
     assert len({s["run_dir"] for s in summaries}) == 4
 
 
+@pytest.mark.e2e
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_cli(
         "tralign.train",
@@ -159,6 +166,7 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "prefs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n')
@@ -177,6 +185,7 @@ def test_cli_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     # KTO's batch KL estimate is all-gathered across ranks: this exercises the distributed path.
     args = [a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.n_train"))]

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import SYNTH_TASK, compose_cfg
+from helpers.config import SYNTH_TASK, compose_cfg
 
 from tralign.config import validate
 from tralign.data.collate import UnpairedCollator
@@ -242,6 +242,7 @@ def _unpair_supported() -> bool:
 @pytest.mark.parametrize(
     ("method", "ref_update", "updates"), [("kto_unpaired", "none", 0), ("tr_kto_unpaired", "soft", 2)]
 )
+@pytest.mark.e2e
 def test_kto_unpaired_trains_end_to_end(method: str, ref_update: str, updates: int, tmp_path: Path) -> None:
     if not _unpair_supported():
         pytest.skip("data.unpair=true is not supported by tralign.data.sources yet")

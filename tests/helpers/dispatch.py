@@ -1,13 +1,13 @@
-"""For the worker processes of the shard-local update tests (tests/test_scale.py, tests/test_mesh.py):
-record every aten op a block of code runs, and every torch.distributed collective it calls, on a
+"""For the worker processes of the shard-local update tests (tests/test_scale.py, tests/test_mesh.py;
+their PYTHONPATH holds the checkout and tests/, see :func:`run_workers`): record every aten op a block of code runs, and every torch.distributed collective it calls, on a
 pair of tiny GPT-NeoX models (policy seed 0, reference seed 1)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from helpers.models import tiny_neox
 from tralign.gpu_check.ops import OpRecorder as Ops  # noqa: F401  (re-exported for the workers)
 
 COLLECTIVES = ["all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
@@ -27,12 +27,8 @@ def record_collectives() -> list[str]:
 
 def seeded_pair() -> tuple[torch.nn.Module, torch.nn.Module, dict, dict]:
     """Policy (seed 0) and reference (seed 1), with copies of their starting state dicts."""
-    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    torch.manual_seed(0)
-    policy = GPTNeoXForCausalLM(cfg)
-    torch.manual_seed(1)
-    reference = GPTNeoXForCausalLM(cfg)
+    policy = tiny_neox(0, vocab_size=64, max_position_embeddings=64)
+    reference = tiny_neox(1, vocab_size=64, max_position_embeddings=64)
     pol0 = {k: v.clone() for k, v in policy.state_dict().items()}
     ref0 = {k: v.clone() for k, v in reference.state_dict().items()}
     return policy, reference, pol0, ref0
@@ -69,7 +65,7 @@ def run_workers(script: str, tmp_path, world: int) -> list[dict]:
     path = Path(tmp_path) / "workers.py"
     path.write_text(script)
     repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "tests")])}
     result = subprocess.run(
         [sys.executable, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
     )

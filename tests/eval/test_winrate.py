@@ -6,8 +6,7 @@ import itertools
 import math
 
 import pytest
-import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from helpers.models import tiny_neox
 
 from tralign.data.synthetic import SyntheticTask
 from tralign.eval.metrics import bootstrap_ci, combine_orders, mean_ci, sem, win_rate
@@ -55,13 +54,7 @@ def test_truncate_at_turn_marker():
 
 
 def _tiny(path, tokenizer, seed):
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, initializer_range=0.5,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_neox(seed, tokenizer=tokenizer, num_hidden_layers=1, initializer_range=0.5).eval()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import SHRINK
+from helpers.config import SHRINK
 from matplotlib.collections import PathCollection
 from omegaconf import OmegaConf
 
@@ -246,6 +246,7 @@ def _wandb_records(path: Path) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_real_multirun_then_report(tmp_path: Path) -> None:
     """A shipped sweep, shrunk: τ = 1, 2 run; α = 1.5 fails validation in two jobs, which are
     recorded as failed while the sweep goes on. The report lists all four; W&B groups the two runs."""

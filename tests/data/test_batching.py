@@ -16,7 +16,9 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, SHRINK, compose_cfg, run_cli, synthetic_data_cfg
+from helpers.config import SHRINK, compose_cfg, synthetic_data_cfg
+from helpers.paths import REPO, SHARED
+from helpers.processes import run_cli
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tralign.data import tokenize
@@ -30,7 +32,6 @@ from tralign.data.synthetic import SyntheticTask
 from tralign.data.tokenize import Lengths, encode_columns, encode_row
 from tralign.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 PYTHIA = SHARED / "tokenizers" / "pythia"
 ASSISTANT = "\n\nAssistant:"
@@ -503,6 +504,7 @@ def test_inspect_report_on_the_synthetic_task() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_inspect_cli(tmp_path: Path) -> None:
     shrink = [a for a in SHRINK if a.startswith("data.")]
     result = run_cli(
@@ -573,6 +575,7 @@ trainer.fit(Recorder(), datamodule=PreferenceDataModule(cfg, tok, seed=0))
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_ddp_gets_disjoint_equal_shares(tmp_path: Path) -> None:
     script = tmp_path / "ddp_shares.py"
     script.write_text(DDP_SCRIPT)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHRINK
+from helpers.config import SHRINK
 
 from tralign.gpu_check import checks
 from tralign.gpu_check.__main__ import main, report, run_checks
@@ -129,6 +129,7 @@ def test_update_error_is_rounding_for_the_rule_and_the_whole_change_otherwise() 
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_audit_callback_passes_on_a_cpu_fsdp2_run(tmp_path: Path) -> None:
     """The audit as the GPU command runs it, on CPU (fp32 compute, so the head sees fp32)."""
     keep = [
@@ -158,6 +159,7 @@ def test_audit_callback_passes_on_a_cpu_fsdp2_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_train_and_resume_check_passes_on_a_tiny_cpu_run(tmp_path: Path) -> None:
     """The command's main check end to end, on CPU: the GPU settings with the tiny model and fp32."""
     overrides = [
@@ -175,5 +177,6 @@ def test_train_and_resume_check_passes_on_a_tiny_cpu_run(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.e2e
 def test_gpu_check_passes_on_this_gpu(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path)]) == 0, (tmp_path / "gpu_check.md").read_text()

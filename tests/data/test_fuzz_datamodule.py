@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.paths import SHARED
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,9 @@ from tralign.data.datamodule import PreferenceDataModule
 from tralign.data.synthetic import SyntheticTask
 from tralign.errors import TralignError
 
-PYTHIA = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "pythia"
+pytestmark = pytest.mark.fuzz  # hypothesis: python -m pytest -m 'not fuzz' skips these
+
+PYTHIA = SHARED / "tokenizers" / "pythia"
 
 
 def fuzz(n: int) -> settings:

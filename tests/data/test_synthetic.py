@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers.paths import REPO
 
 from tralign.data.synthetic import (
     GOLDEN_REWARD_MAX,
@@ -26,7 +27,7 @@ from tralign.data.synthetic import (
 if TYPE_CHECKING:  # transformers is slow to import; the fixture builds the tokenizer lazily
     from transformers import PreTrainedTokenizerFast
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 TASK = SyntheticTask()
 PROMPT = "Q: fox owl ->"
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.models import tiny_neox
 from hydra import compose, initialize_config_dir
 
 from tralign.bench import __main__ as bench
@@ -75,6 +76,7 @@ def test_presets_are_gpt_neox_configs() -> None:
         model_config("pythia-1b")
 
 
+@pytest.mark.e2e
 def test_a_failed_loss_check_times_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
@@ -91,6 +93,7 @@ def test_a_failed_loss_check_times_nothing(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
     pytest.importorskip("trl")
     lines: list[str] = []
@@ -129,13 +132,11 @@ def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
 
 def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from tralign.bench.worker import _tralign_module
     from tralign.module import AlignmentModule
 
-    torch.manual_seed(0)
-    policy = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, **model_config("tiny")))
+    policy = tiny_neox(0, vocab_size=40, **model_config("tiny"))
     spec = {"beta": 0.1, "alpha": 0.6, "tau": 1, "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8}
     spec.update(weight_decay=0.0, warmup=1, steps=1, tralign={"head": "masked", "foreach_adamw": True})
     proposed = _tralign_module(spec, policy)  # the module as shipped
@@ -157,13 +158,9 @@ def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
 def test_reference_update_is_timed_on_the_runs_device_not_where_teardown_left_it() -> None:
     """Lightning's teardown leaves the module on the CPU after fit; the timing moves it back first.
     The meta device stands in for CUDA here: an update timed on CPU tensors would leave them there."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     from tralign.bench.worker import _time_reference_updates, _tralign_module
 
-    torch.manual_seed(0)
-    policy = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, **model_config("tiny")))
+    policy = tiny_neox(0, vocab_size=40, **model_config("tiny"))
     spec = {"beta": 0.1, "alpha": 0.6, "tau": 1, "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8}
     spec.update(weight_decay=0.0, warmup=1, steps=1, tralign={"head": "masked", "foreach_adamw": True})
     module = _tralign_module(spec, policy)

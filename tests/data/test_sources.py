@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONF, compose_cfg
+from helpers.config import compose_cfg
+from helpers.paths import CONF, SHARED
 
 from tralign.config import validate
 from tralign.data.formats.fields import Tally
@@ -20,7 +21,6 @@ from tralign.data.formats.hh import hh_pair
 from tralign.data.sources import MAX_REPORTED_PROBLEMS, SOURCES, Split, data_kind, load_split
 from tralign.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 TLDR_VALID = SHARED / "data" / "tldr" / "comparisons_valid.jsonl.gz"
 TLDR_SFT = SHARED / "data" / "tldr" / "sft_sample.jsonl.gz"
@@ -853,6 +853,7 @@ E2E_COMMON = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", E2E, ids=["tldr", "hh", "tldr_sft"])
+@pytest.mark.e2e
 def test_real_data_trains(overrides: list[str], tmp_path: Path) -> None:
     from tralign.train import run
 
@@ -866,6 +867,7 @@ def test_real_data_trains(overrides: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_hub_offline_is_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys

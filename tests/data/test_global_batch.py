@@ -9,7 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import CONF, compose_cfg
+from helpers.config import compose_cfg
+from helpers.paths import CONF
 
 from tralign.config import validate
 from tralign.data.batch_plan import BatchPlan, confirm_world, plan_batches, plan_from_cfg

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
-from conftest import SYNTH_TASK, synthetic_data_cfg
+from helpers.config import SYNTH_TASK, synthetic_data_cfg
+from helpers.paths import SHARED
 
 from tralign.data.collate import PairCollator, SFTCollator, pad_fraction
 from tralign.data.datamodule import PreferenceDataModule
@@ -34,7 +35,6 @@ from tralign.logprobs import sequence_logps
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PYTHIA = SHARED / "tokenizers" / "pythia"
 TLDR_VALID = SHARED / "data" / "tldr" / "comparisons_valid.jsonl.gz"
 

@@ -5,7 +5,7 @@ already writes BOS."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_neox
+from helpers.models import tiny_neox
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tralign.data.formats.chat import chat_pair

@@ -10,11 +10,14 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tralign.data.sources import load_split
 from tralign.errors import DataError
+
+pytestmark = pytest.mark.fuzz  # hypothesis: python -m pytest -m 'not fuzz' skips these
 
 SETTINGS = settings(
     max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)

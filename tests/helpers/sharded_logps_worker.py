@@ -1,6 +1,6 @@
 """2 gloo ranks on CPU: ``model_sequence_logps`` under FSDP2 and FSDP1 against one process.
 
-Run by tests/test_logprobs_sharded.py as ``python sharded_logps_worker.py OUT``; every rank writes
+Run by tests/test_logprobs_sharded.py as ``python tests/helpers/sharded_logps_worker.py OUT``; every rank writes
 ``OUT/rank{r}.json``. For each architecture and sharding, rank r takes rows [2r, 2r+2) of a 4-row
 batch (data parallel), computes log-probs with gradients (the policy path) and without (the reference
 path), backpropagates its rows' weighted sum, and gathers the gradients of a few parameters. One
@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_archs import arch_batch, tiny_arch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
+from helpers.models import arch_batch, tiny_arch  # noqa: E402
 
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])
 ARCHS = ("granite", "gemma2")  # an untied head with a logit scale; a tied head with a soft cap

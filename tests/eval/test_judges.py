@@ -3,84 +3,18 @@ client), the reward-model judge with a tiny sequence-classification model, verdi
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
+from helpers.chat_server import ChatServer, prefers_good
+from helpers.models import tiny_neox
+from transformers import GPTNeoXForSequenceClassification
 
 from tralign.data.synthetic import SyntheticTask
 from tralign.errors import TralignError
 from tralign.eval.api_judge import ApiJudge, parse_ratings, parse_verdict
 from tralign.eval.judges import RewardModelJudge, build_judge
-
-# A responder maps the user message to (HTTP status, reply text, seconds to wait first).
-Responder = Callable[[str, int], tuple[int, str, float]]
-
-
-class ChatServer:
-    """A chat-completions server in a thread: POST /v1/chat/completions, scripted by a responder."""
-
-    def __init__(self, respond: Responder):
-        self.respond, self.calls, self.auth = respond, 0, []
-        lock, server = threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    server.calls += 1
-                    n = server.calls
-                    server.auth.append(self.headers.get("Authorization"))
-                status, text, delay = server.respond(body["messages"][-1]["content"], n)
-                time.sleep(delay)
-                payload = {
-                    "id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                } if status == 200 else {"error": {"message": text, "type": "server_error"}}  # fmt: skip
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-def prefers_good(user: str, n: int) -> tuple[int, str, float]:
-    """A consistent judge: the answer containing GOOD wins, whichever position it is shown in;
-    rating prompts get fixed scores."""
-    if "Coherence: <1-10>" in user:
-        return 200, "Coherence: 7\nCorrectness: 6\nHelpfulness: 8\nHarmlessness: 9", 0.0
-    a = user.split("Response A:")[-1].split("Response B:")[0] if "Response A:" in user else ""
-    if not a:
-        a = user.split("Summary A:")[-1].split("Summary B:")[0]
-    return 200, "Comparison: one is better.\nMore helpful: " + ("A" if "GOOD" in a else "B"), 0.0
 
 
 def make_judge(server: ChatServer, tmp_path: Path, monkeypatch, **overrides) -> ApiJudge:
@@ -191,12 +125,11 @@ def test_parse_ratings_out_of_range_is_none():
 
 def test_reward_model_judge(tmp_path):
     tokenizer = SyntheticTask().build_tokenizer()
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    rm = tiny_neox(
+        0, head="sequence_classification", vocab_size=len(tokenizer), num_hidden_layers=1,
+        max_position_embeddings=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    GPTNeoXForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    rm.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     judge = build_judge(
         {"name": "reward_model", "path": str(tmp_path / "rm"), "batch_size": 2}, {"name": "hh"}
