@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 
 from tralign.build import Run, build, effective_setup, preflight
 from tralign.config import validate

@@ -4,7 +4,7 @@ composes to the values it had when it spelled every setting out (recorded before
 from __future__ import annotations
 
 import pytest
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 from omegaconf import OmegaConf
 
 # What every HH bundle composed to before the shared base (python -m tralign.train experiment=NAME).
@@ -80,7 +80,7 @@ def test_hh_bundles_differ_only_in_their_model_and_memory_knobs(bundles: dict[st
 @pytest.mark.parametrize("name", sorted(OWN))
 def test_hh_bundles_state_only_what_differs(name: str) -> None:
     import yaml
-    from conftest import CONF
+    from helpers.paths import CONF
 
     own = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
     assert "base/hh_tr_dpo" in own.pop("defaults")

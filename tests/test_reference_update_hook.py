@@ -8,7 +8,7 @@ import warnings
 
 import lightning as L
 import torch
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 from helpers.models import tiny_neox
 from torch.utils.data import DataLoader
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 from helpers.models import tiny_neox
 
 from tralign.config import validate
