@@ -120,6 +120,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from tralign.eval.golden import golden_eval
     from tralign.loading import build_policy_for_strategy, prepare_fsdp1
     from tralign.loggers import build_logger
+    from tralign.lora.params import param_counts
     from tralign.models import build_policy, build_tokenizer, reference_dtype
     from tralign.module import AlignmentModule
     from tralign.strategies import build_strategy, is_sharded, take_fsdp1_clip_norm
@@ -142,6 +143,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # fsdp/fsdp2: no whole policy per rank; its weights arrive once sharded (tralign.loading).
     policy, deferred = build_policy_for_strategy(cfg.model, tokenizer, trainer_kwargs["strategy"])
+    from tralign.lora.adapters import is_lora, with_lora  # model.lora: adapters on the policy (or itself)
+
+    policy = with_lora(policy, cfg.model, moving_reference=spec.needs_reference and schedule_from(cfg).active)
     trainer_kwargs["accumulate_grad_batches"] = plan.accumulate
     strategy, shard_plan = build_strategy(
         trainer_kwargs.pop("strategy"),
@@ -206,16 +210,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
         "applied_steps": module.applied_steps,
+        "params": param_counts(module),  # total, trainable, reference_extra (tralign/lora/params.py)
         "train": train_metrics,
         "val": val_metrics,
         **{k: v for k, v in data.stats.items()},
     }
     policy_whole, reference_whole = wholes["policy"], wholes.get("reference")
     if trainer.is_global_zero:
-        if cfg.export.policy:
+        if is_lora(policy_whole):  # --- model.lora: merged policy/, PEFT policy_adapter/ (tralign/lora) ---
+            from tralign.lora.export import export_lora
+
+            summary |= export_lora(
+                policy_whole,
+                tokenizer,
+                run_dir,
+                policy=bool(cfg.export.policy),
+                reference=bool(cfg.export.reference) and module.reference is not None,
+                save_model=lambda m, tok, path: _export(m, tok, path, setup["dtypes"]["export"]),
+            )
+        elif cfg.export.policy:
             _export(policy_whole, tokenizer, run_dir / "policy", setup["dtypes"]["export"])
             summary["policy_dir"] = str(run_dir / "policy")
-        if reference_whole is not None:
+        if reference_whole is not None and not is_lora(policy_whole):
             _export(reference_whole, tokenizer, run_dir / "reference", setup["dtypes"]["export"])
         task = data.split.golden_task
         if task is not None and cfg.data.get("golden_eval"):
