@@ -7,6 +7,7 @@ works on the command line as well as a YAML block in a model or experiment file.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -74,6 +75,8 @@ def lora_problems(cfg: Any) -> list[str]:
     if r is None:
         return []
     problems = []
+    if importlib.util.find_spec("peft") is None:
+        problems.append("model.lora: needs peft (pip install 'tralign[lora]'), or model.lora.r=null")
     if not _is_int(r) or r < 1:
         problems.append(f"model.lora.r: must be an integer >= 1 (or null: full fine-tuning), got {r!r}")
     alpha = block.get("alpha")
