@@ -23,7 +23,7 @@ def test_command_line_shorthand_and_yaml_block() -> None:
     validate(cli)
     settings = lora_settings(cli.model)
     assert (settings.r, settings.alpha, settings.ref_rank) == (16, 16.0, 16)
-    assert "embed_out" in settings.target_modules  # the tiny model's tuning (conf/tuning/model/tiny.yaml)
+    assert "lm_head" in settings.target_modules  # the tiny model's tuning (conf/tuning/model/tiny.yaml)
     real = compose_cfg(["model=pythia-1b", "model.lora.r=16"], shrink=False)
     assert lora_settings(real.model).target_modules == "all-linear"  # the default elsewhere
     block = compose_cfg(["model.lora={r: 8, alpha: 32, target_modules: [query_key_value]}"])
@@ -61,3 +61,17 @@ def test_unsupported_combinations_are_refused_in_one_line(overrides: list[str], 
 
 def test_ddp_is_accepted() -> None:
     validate(compose_cfg(["model.lora.r=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]))
+
+
+def test_a_target_module_that_names_nothing_is_refused_in_one_line() -> None:
+    """peft skips a listed name that matches no module as long as another one matches."""
+    from helpers.models import tiny_neox
+
+    from tralign.errors import TralignError
+    from tralign.lora.adapters import apply_lora
+
+    settings = lora_settings(
+        compose_cfg(["model.lora.r=4", "model.lora.target_modules=[dense,embed_out]"]).model
+    )
+    with pytest.raises(TralignError, match=r"model.lora.target_modules: no module named embed_out .*lm_head"):
+        apply_lora(tiny_neox(0), settings, moving_reference=False)

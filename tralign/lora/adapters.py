@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tralign.errors import TralignError
 from tralign.lora.config import FULL, LoraSettings, lora_settings
 from tralign.lora.update import ema_factors, hard_factors, svd_factors
 
@@ -46,6 +47,7 @@ def with_lora(model: nn.Module, model_cfg: Any, *, moving_reference: bool) -> nn
 def apply_lora(model: nn.Module, settings: LoraSettings, *, moving_reference: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    _check_targets(model, settings.target_modules)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -59,6 +61,20 @@ def apply_lora(model: nn.Module, settings: LoraSettings, *, moving_reference: bo
         _add_reference_adapter(peft_model, settings)
     peft_model.tralign_lora = settings
     return peft_model
+
+
+def _check_targets(model: nn.Module, targets: str | list[str]) -> None:
+    """Every listed name must name a module: peft silently skips one that matches nothing."""
+    if isinstance(targets, str):
+        return
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise TralignError(
+            f"model.lora.target_modules: no module named {', '.join(missing)} in {type(model).__name__} "
+            f"(its linear layers: {', '.join(linear)})"
+        )
 
 
 def _add_reference_adapter(peft_model: nn.Module, settings: LoraSettings) -> None:
