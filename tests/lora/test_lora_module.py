@@ -128,7 +128,7 @@ def test_svd_soft_updates_match_the_dense_rule_within_the_stated_error(tok, ref_
     module = _module(policy, ReferenceSchedule("soft", alpha, 1))
     layers = lora_layers(policy)
     dense = {n: torch.zeros_like(layer.get_base_layer().weight, dtype=torch.float64) for n, layer in layers}
-    for step in range(6):
+    for step in range(4):
         _perturb(policy, POLICY, 10 + step, scale=0.3)
         for n, layer in layers:
             s = layer.scaling[POLICY]
@@ -153,8 +153,8 @@ def test_svd_soft_updates_match_the_dense_rule_within_the_stated_error(tok, ref_
     if tolerance is not None:
         assert rel < tolerance
     else:
-        assert rel > 1e-4  # rank 4 cannot hold 6 updates of rank 4: compressed
-        bound = 6 * module.reference.dropped_sq**0.5 / float(total.sqrt())
+        assert rel > 1e-4  # rank 4 cannot hold 4 updates of rank 4: compressed
+        bound = 4 * module.reference.dropped_sq**0.5 / float(total.sqrt())
         assert rel <= bound
 
 
