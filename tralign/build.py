@@ -61,6 +61,7 @@ def build(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> Run:
     from tralign.data.datamodule import PreferenceDataModule
     from tralign.loading import build_policy_for_strategy, prepare_fsdp1
     from tralign.loggers import build_logger
+    from tralign.lora.adapters import with_lora
     from tralign.models import build_tokenizer, checkpoint_dtype, reference_dtype
     from tralign.module import AlignmentModule
     from tralign.safety import check_checkpoint_space, checkpoint_bytes
@@ -95,6 +96,9 @@ def build(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> Run:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # fsdp/fsdp2: no whole policy per rank; its weights arrive once sharded (tralign.loading).
     policy, deferred = build_policy_for_strategy(cfg.model, tokenizer, trainer_kwargs["strategy"])
+    # model.lora: adapters on the policy (a moving reference gets a second adapter); else unchanged.
+    moving = LOSSES[cfg.method.loss].needs_reference and schedule_from(cfg).active
+    policy = with_lora(policy, cfg.model, moving_reference=moving)
     trainer_kwargs["accumulate_grad_batches"] = plan.accumulate
     strategy, shard_plan = build_strategy(
         trainer_kwargs.pop("strategy"),

@@ -16,6 +16,7 @@ from tralign.data.batch_plan import batch_problems
 from tralign.data.sources import ON_BAD_ROWS, SFT_SOURCES, SOURCES, data_kind
 from tralign.dtypes import dtype_problems
 from tralign.errors import ConfigError
+from tralign.lora.config import lora_problems
 from tralign.losses import LOSSES
 from tralign.losses.registry import DataMode, param_problem, param_problems
 from tralign.reference import ReferenceSchedule, schedule_problems
@@ -175,6 +176,7 @@ def validate(cfg: DictConfig) -> None:
     problems += signal_problems(OmegaConf.select(cfg, "guard.preemption_signals", default=None))
     problems += batch_problems(cfg)  # data.global_batch_size: cut over the ranks (tralign/data/batch_plan.py)
     problems += _fuzzed_problems(cfg)
+    problems += lora_problems(cfg)  # model.lora (tralign/lora/config.py)
     check_no_secrets(cfg, problems)  # its own error: the value must also be redacted from Hydra's files
     if problems:
         raise ConfigError(problems)

@@ -14,6 +14,9 @@ from omegaconf import DictConfig
 
 from tralign.build import Run
 from tralign.config import loss_params
+from tralign.lora.adapters import is_lora
+from tralign.lora.export import export_lora
+from tralign.lora.params import param_counts
 
 log = logging.getLogger("tralign")
 
@@ -45,6 +48,7 @@ def finish(cfg: DictConfig, run: Run, run_dir: Path, started: float) -> dict[str
         "global_step": int(trainer.global_step),
         "ref_updates": module.ref_updates,
         "applied_steps": module.applied_steps,
+        "params": param_counts(module),  # total, trainable, reference_extra (tralign/lora/params.py)
         "train": train_metrics,
         "val": val_metrics,
         **{k: v for k, v in run.data.stats.items()},
@@ -52,10 +56,20 @@ def finish(cfg: DictConfig, run: Run, run_dir: Path, started: float) -> dict[str
     if not trainer.is_global_zero:
         return summary
     export_dtype = run.setup["dtypes"]["export"]
-    if cfg.export.policy:
+    lora = is_lora(wholes["policy"])
+    if lora:  # model.lora: merged policy/, PEFT policy_adapter/, and the reference's when asked
+        summary |= export_lora(
+            wholes["policy"],
+            run.tokenizer,
+            run_dir,
+            policy=bool(cfg.export.policy),
+            reference=bool(cfg.export.reference) and module.reference is not None,
+            save_model=lambda m, tok, path: _export(m, tok, path, export_dtype),
+        )
+    elif cfg.export.policy:
         _export(wholes["policy"], run.tokenizer, run_dir / "policy", export_dtype)
         summary["policy_dir"] = str(run_dir / "policy")
-    if wholes.get("reference") is not None:
+    if wholes.get("reference") is not None and not lora:
         _export(wholes["reference"], run.tokenizer, run_dir / "reference", export_dtype)
     summary.update(_golden(cfg, run, wholes["policy"], run_dir))
     summary["wall_time_s"] = round(time.time() - started, 2)

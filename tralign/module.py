@@ -95,13 +95,26 @@ class AlignmentModule(L.LightningModule):
         empty = deferred is not None
         if frozen_dtype is None and deferred is not None:
             frozen_dtype = deferred.reference_dtype
-        self.reference = frozen_copy(policy, frozen_dtype, empty=empty) if self.spec.needs_reference else None
-        # With a frozen reference the reference *is* the starting policy: no third copy needed.
-        self.initial = (
-            frozen_copy(policy, frozen_dtype, empty=empty)
-            if keep_initial and self.reference is not None and schedule.active
-            else None
-        )
+        if getattr(policy, "tralign_lora", None) is not None:
+            # --- model.lora: reference and start are adapters of the policy's base, not copies ---
+            from tralign.lora.adapters import frozen_views
+
+            self.reference, self.initial = frozen_views(
+                policy,
+                needs_reference=self.spec.needs_reference,
+                moving=schedule.active,
+                keep_initial=keep_initial,
+            )
+        else:
+            self.reference = (
+                frozen_copy(policy, frozen_dtype, empty=empty) if self.spec.needs_reference else None
+            )
+            # With a frozen reference the reference *is* the starting policy: no third copy needed.
+            self.initial = (
+                frozen_copy(policy, frozen_dtype, empty=empty)
+                if keep_initial and self.reference is not None and schedule.active
+                else None
+            )
         self.ref_updates = 0
         # The optimizer-step clock, decided once in optimizer_step and read by everyone else (the
         # reference update, the guards). τ counts *applied* optimizer steps: a step the non-finite

@@ -136,6 +136,10 @@ def hard_update_(ref: nn.Module, policy: nn.Module) -> None:
 
 def update_reference_(ref: nn.Module, policy: nn.Module, alpha: float) -> None:
     """Apply one update of the rule with weight α (α = 1 is the hard update)."""
+    move = getattr(ref, "move_toward_policy_", None)
+    if move is not None:  # a LoRA reference adapter on the policy's own base (tralign/lora) moves itself
+        move(alpha)
+        return
     if alpha == 1.0:
         hard_update_(ref, policy)
     else:
