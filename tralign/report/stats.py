@@ -1,0 +1,140 @@
+"""Statistics over seeds: mean ± standard error with a 95% Student-t interval, and paired differences
+against a baseline run with the same seed (same data order, same starting policy, same held-out
+prompts and sampling seed), with their own interval. Pure functions over report rows (plain dicts).
+
+A seed is the unit of replication: run-to-run variation (data order, sampling) is what a claim about
+a method has to beat, so the intervals are over seeds, not over the prompts of one run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scipy.stats import t as student_t
+
+# Swept keys that say *which method* a row is; every other swept key but the seed is the setting the
+# method ran in, which a paired baseline must share.
+METHOD_KEYS = ("method", "ref_update", "alpha", "tau", "label")
+SEED_KEY = "seed"
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """Mean over ``n`` seeds, its standard error (None for n = 1) and the 95% t-interval."""
+
+    n: int
+    mean: float
+    sem: float | None
+    low: float | None
+    high: float | None
+
+    def cell(self, digits: str = ".3f") -> str:
+        """``1.294 ± 0.020 [1.208, 1.380]`` (mean ± s.e. [95% interval]); ``1.294 (n=1)`` alone."""
+        if self.sem is None:
+            return f"{self.mean:{digits}} (n=1)"
+        plain = digits.lstrip("+")  # a sign on the mean and bounds (differences), never on the s.e.
+        return f"{self.mean:{digits}} ± {self.sem:{plain}} [{self.low:{digits}}, {self.high:{digits}}]"
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def seed_stats(values: Sequence[float], level: float = 0.95) -> SeedStats:
+    """Mean, s.e. = sd/√n (sample sd, n − 1) and mean ± t_{n−1, (1+level)/2} · s.e."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("seed_stats: no values")
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return SeedStats(1, mean, None, None, None)
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * sem
+    return SeedStats(len(values), mean, sem, mean - half, mean + half)
+
+
+def setting_keys(swept: Sequence[str]) -> list[str]:
+    """The swept keys that define a setting shared by a method and its baseline (not the method's own
+    keys, not the seed), e.g. β, the learning rate, the training length."""
+    return [k for k in swept if k not in METHOD_KEYS and k != SEED_KEY]
+
+
+def _done(rows: Sequence[Mapping[str, Any]], metric: str) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("status") == "completed" and number(r.get(metric)) is not None]
+
+
+def group_stats(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str
+) -> dict[tuple, SeedStats]:
+    """``(label, *values of keys) -> SeedStats`` of ``metric`` over the completed rows (the seeds);
+    ``keys`` are the swept keys without the seed (α, τ, β, ...), so only seeds are pooled."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for row in _done(rows, metric):
+        groups[(row["label"], *(row.get(k) for k in keys))].append(number(row[metric]))
+    return {key: seed_stats(values) for key, values in groups.items()}
+
+
+def default_baselines(labels: Sequence[str]) -> dict[str, str]:
+    """``TR-DPO soft -> DPO``: each TR label's frozen-reference variant of the same loss, when present."""
+    present = set(labels)
+    out = {}
+    for label in labels:
+        if label.startswith("TR-"):
+            base = label.removeprefix("TR-").split(" ")[0]
+            if base in present:
+                out[label] = base
+    return out
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """``metric(label) − metric(baseline)`` per seed in the same setting, over the seeds both have."""
+
+    label: str
+    baseline: str
+    setting: tuple
+    stats: SeedStats
+    seeds: tuple
+
+
+def paired_differences(
+    rows: Sequence[Mapping[str, Any]],
+    swept: Sequence[str],
+    metric: str,
+    baselines: Mapping[str, str] | None = None,
+) -> list[PairedDiff]:
+    """For every (label, setting) with a baseline, the per-seed differences to the baseline's run with
+    the same seed and setting (``setting_keys``), summarised by :func:`seed_stats`. ``baselines`` maps
+    a label to its baseline label (default: :func:`default_baselines`, TR-X -> X); a label given as a
+    plain string for all, e.g. ``{"*": "DPO"}``, compares every other label with DPO."""
+    done = _done(rows, metric)
+    keys = setting_keys(swept)
+    labels = list(dict.fromkeys(r["label"] for r in done))
+    if baselines is None:
+        baselines = default_baselines(labels)
+    elif "*" in baselines:
+        baselines = {label: baselines["*"] for label in labels if label != baselines["*"]}
+    by: dict[tuple, dict[Any, float]] = defaultdict(dict)
+    for row in done:
+        by[(row["label"], *(row.get(k) for k in keys))][row.get(SEED_KEY)] = number(row[metric])
+    out = []
+    for (label, *setting), values in by.items():
+        base = by.get((baselines.get(label), *setting)) if label in baselines else None
+        if not base:
+            continue
+        seeds = sorted((s for s in values if s in base), key=str)
+        if seeds:
+            diffs = [values[s] - base[s] for s in seeds]
+            out.append(PairedDiff(label, baselines[label], tuple(setting), seed_stats(diffs), tuple(seeds)))
+    return out
