@@ -11,7 +11,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from tralign.report.__main__ import main
-from tralign.report.stats import default_baselines, paired_differences, seed_stats, setting_keys
+from tralign.report.stats import (
+    best_within,
+    default_baselines,
+    kl_budgets,
+    matched_kl,
+    paired_differences,
+    seed_stats,
+    setting_keys,
+)
 
 T_2 = 4.302652729911275  # Student t, 2 degrees of freedom, 97.5% quantile (tables)
 T_3 = 3.182446305284263  # 3 degrees of freedom
@@ -137,3 +145,25 @@ def test_report_writes_seed_intervals_paired_differences_and_marks_empty_metrics
     # Seed statistics never show reference-relative metrics.
     means = md[md.index("## Mean over seeds") : md.index("## Paired")]
     assert "val/loss" not in means and "val/init/rewards/accuracies" in means
+
+
+def test_matched_kl_reads_each_seeds_frontier_at_the_budget() -> None:
+    points = {
+        ("DPO", 0): [(5, 1.0), (10, 1.5), (20, 1.2)], ("DPO", 1): [(4, 0.9), (12, 1.4)],
+        ("TR-DPO soft", 0): [(6, 1.1), (9, 1.6)], ("TR-DPO soft", 1): [(5, 1.0), (15, 1.7)],
+    }  # fmt: skip
+    rows = [
+        {"status": "completed", "label": label, "seed": seed, "golden_kl_init": kl, "golden_reward": q}
+        for (label, seed), pts in points.items()
+        for kl, q in pts
+    ]
+    assert best_within(points[("DPO", 0)], 12) == 1.5 and best_within(points[("DPO", 0)], 4.9) is None
+    # Lowest budget every (method, seed) reaches: 6 (TR seed 0); the largest KL seen: 20.
+    assert kl_budgets(rows, "golden_reward", "golden_kl_init", n=3) == [6.0, 13.0, 20.0]
+    means, diffs = matched_kl(rows, "golden_reward", "golden_kl_init", [5, 10, 15])
+    assert means[("DPO", 10)].mean == pytest.approx(1.2) and means[("DPO", 10)].n == 2
+    assert means[("TR-DPO soft", 5)].n == 1  # seed 0 has no point within 5 nats
+    by = {d.setting[0]: d for d in diffs}
+    assert by[5].seeds == (1,) and by[5].stats.mean == pytest.approx(0.1)
+    assert by[10].stats.mean == pytest.approx(0.1) and by[10].stats.sem == pytest.approx(0.0)
+    assert by[15].stats.mean == pytest.approx(0.2) and by[15].stats.sem == pytest.approx(0.1)

@@ -138,3 +138,63 @@ def paired_differences(
             diffs = [values[s] - base[s] for s in seeds]
             out.append(PairedDiff(label, baselines[label], tuple(setting), seed_stats(diffs), tuple(seeds)))
     return out
+
+
+def best_within(points: Sequence[tuple[float, float]], budget: float) -> float | None:
+    """The best quality among ``(kl, quality)`` points with kl ≤ ``budget`` (None if none): the
+    method's frontier read as "the best it reached without drifting further than this"."""
+    inside = [q for kl, q in points if kl <= budget]
+    return max(inside) if inside else None
+
+
+def kl_budgets(rows: Sequence[Mapping[str, Any]], metric: str, kl: str, n: int = 6) -> list[float]:
+    """``n`` KL budgets, evenly spaced from the smallest budget every (method, seed) reaches (its
+    lowest-KL point) to the largest KL seen, rounded to 0.5 nats."""
+    done = [r for r in _done(rows, metric) if number(r.get(kl)) is not None]
+    lows: dict[tuple, float] = {}
+    for r in done:
+        key = (r["label"], r.get(SEED_KEY))
+        lows[key] = min(lows.get(key, math.inf), number(r[kl]))
+    if not lows:
+        return []
+    low, high = max(lows.values()), max(number(r[kl]) for r in done)
+    if n < 2 or high <= low:
+        return [math.ceil(low * 2) / 2]
+    return sorted({math.ceil((low + i * (high - low) / (n - 1)) * 2) / 2 for i in range(n)})
+
+
+def matched_kl(
+    rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    kl: str,
+    budgets: Sequence[float],
+    baselines: Mapping[str, str] | None = None,
+) -> tuple[dict[tuple[str, float], SeedStats], list[PairedDiff]]:
+    """Quality at matched divergence. Per method and seed, every run of the sweep (all β, all training
+    lengths) is a ``(kl, metric)`` point; :func:`best_within` reads the seed's frontier at each budget.
+    Returns the mean over seeds per ``(label, budget)`` and the paired differences to the baseline's
+    frontier of the same seed (``setting`` = ``(budget,)``), where both reach the budget."""
+    points: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for r in _done(rows, metric):
+        if number(r.get(kl)) is not None:
+            points[(r["label"], r.get(SEED_KEY))].append((number(r[kl]), number(r[metric])))
+    labels = list(dict.fromkeys(label for label, _ in points))
+    if baselines is None:
+        baselines = default_baselines(labels)
+    elif "*" in baselines:
+        baselines = {label: baselines["*"] for label in labels if label != baselines["*"]}
+    front: dict[tuple, dict[Any, float]] = defaultdict(dict)  # (label, budget) -> seed -> quality
+    for (label, seed), pts in points.items():
+        for budget in budgets:
+            value = best_within(pts, budget)
+            if value is not None:
+                front[(label, budget)][seed] = value
+    means = {key: seed_stats(list(values.values())) for key, values in front.items()}
+    diffs = []
+    for (label, budget), values in front.items():
+        base = front.get((baselines.get(label), budget)) if label in baselines else None
+        seeds = sorted((s for s in values if base and s in base), key=str)
+        if seeds:
+            stats = seed_stats([values[s] - base[s] for s in seeds])
+            diffs.append(PairedDiff(label, baselines[label], (budget,), stats, tuple(seeds)))
+    return means, diffs

@@ -11,7 +11,7 @@ from typing import Any
 
 from tralign.report.jobs import Job, parse_value
 from tralign.report.meaning import metric_kind, reference_equals_policy
-from tralign.report.stats import group_stats, paired_differences, setting_keys
+from tralign.report.stats import group_stats, kl_budgets, matched_kl, paired_differences, setting_keys
 
 # Columns every row has (when the summary has them), in this order, after the swept values.
 RUN_COLUMNS = (
@@ -122,6 +122,8 @@ def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
     """``best`` = True on the completed job with the best ``metric`` within each method label."""
     if metric is None:
         return
+    for row in rows:
+        row["best"] = False
     sign = 1.0 if higher_is_better(metric) else -1.0
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -196,7 +198,13 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], swept: Sequence[str], metric: str | None, title: str) -> str:
+def markdown(
+    rows: Sequence[Mapping[str, Any]],
+    swept: Sequence[str],
+    metric: str | None,
+    title: str,
+    baselines: Mapping[str, str] | None = None,
+) -> str:
     counts = {
         s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "incomplete", "not started")
     }
@@ -238,7 +246,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], swept: Sequence[str], metric: st
             "step copied the policy into the reference (hard update), so the closing validation compared the "
             "policy with itself (accuracy 0, loss ln 2 by construction): no result.",
         ]
-    lines += seed_sections(rows, swept, metric)
+    lines += seed_sections(rows, swept, metric, baselines)
     bad = [r for r in rows if r["status"] != "completed"]
     if bad:
         lines += ["", "## Failed or incomplete jobs", ""]
@@ -298,4 +306,39 @@ def seed_sections(
             "",
             *_md_table(["metric", "difference", *setting, "mean ± s.e. [95% CI]", "seeds"], diff_rows),
         ]
+    if metric and metric != KL_KEY and setting and any(r.get(KL_KEY) is not None for r in rows):
+        lines += matched_kl_section(rows, metric, baselines)
+    return lines
+
+
+def matched_kl_section(
+    rows: Sequence[Mapping[str, Any]], metric: str, baselines: Mapping[str, str] | None = None
+) -> list[str]:
+    """Markdown: each method's best ``metric`` within a KL budget (its frontier, read per seed, over
+    every β and training length of the sweep), mean over seeds, and paired differences per seed."""
+    budgets = kl_budgets(rows, metric, KL_KEY)
+    means, diffs = matched_kl(rows, metric, KL_KEY, budgets, baselines)
+    if not means:
+        return []
+    labels = list(dict.fromkeys(label for label, _ in means))
+    body = [
+        [fmt(b), *(means[(lab, b)].cell() if (lab, b) in means else "" for lab in labels)] for b in budgets
+    ]
+    lines = [
+        "",
+        f"## Matched KL: best `{metric}` within a KL budget (mean over seeds ± s.e. [95% t-interval])",
+        "",
+        f"Per method and seed, every job (all settings) is a point (`{KL_KEY}`, `{metric}`); the cell is the best "
+        "value among the points with KL ≤ the budget, averaged over the seeds that reach it.",
+        "",
+        *_md_table([f"{KL_KEY} ≤", *labels], body),
+    ]
+    if diffs:
+        diff_body = [
+            [f"{d.label} − {d.baseline}", fmt(d.setting[0]), d.stats.cell("+.3f") + (" *" if d.stats.excludes_zero else ""),
+             str(d.stats.n)]
+            for d in sorted(diffs, key=lambda d: (d.label, d.setting))
+        ]  # fmt: skip
+        lines += ["", "Paired by seed (`*`: the interval excludes 0):", ""]
+        lines += _md_table(["difference", f"{KL_KEY} ≤", "mean ± s.e. [95% CI]", "seeds"], diff_body)
     return lines
