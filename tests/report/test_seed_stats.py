@@ -167,3 +167,26 @@ def test_matched_kl_reads_each_seeds_frontier_at_the_budget() -> None:
     assert by[5].seeds == (1,) and by[5].stats.mean == pytest.approx(0.1)
     assert by[10].stats.mean == pytest.approx(0.1) and by[10].stats.sem == pytest.approx(0.0)
     assert by[15].stats.mean == pytest.approx(0.2) and by[15].stats.sem == pytest.approx(0.1)
+
+
+def test_variants_of_one_method_are_paired_with_the_baseline_separately() -> None:
+    """Regime map: TR-DPO soft at two α per learning rate, DPO once per learning rate."""
+    swept = ["optim.lr", "ref_update", "alpha", "seed"]
+    rows = []
+    for lr, base in ((1e-4, 1.0), (1e-3, 2.0)):
+        for seed in (0, 1):
+            rows.append({**_row("DPO", seed, base + seed), "optim.lr": lr, "alpha": 0.0})
+            for alpha, gain in ((0.01, 0.1), (0.1, -0.2)):
+                rows.append(
+                    {
+                        **_row("TR-DPO soft", seed, base + seed + gain * (1 + seed)),
+                        "optim.lr": lr,
+                        "alpha": alpha,
+                    }
+                )
+    diffs = {d.setting: d for d in paired_differences(rows, swept, "golden_reward")}
+    assert sorted(diffs) == [(0.01, 1e-4), (0.01, 1e-3), (0.1, 1e-4), (0.1, 1e-3)]
+    assert diffs[(0.01, 1e-3)].stats.mean == pytest.approx(0.15) and diffs[
+        (0.01, 1e-3)
+    ].stats.sem == pytest.approx(0.05)
+    assert diffs[(0.1, 1e-4)].stats.mean == pytest.approx(-0.3) and diffs[(0.1, 1e-4)].seeds == (0, 1)

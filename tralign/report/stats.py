@@ -108,35 +108,50 @@ class PairedDiff:
     seeds: tuple
 
 
+def own_keys(swept: Sequence[str]) -> list[str]:
+    """Swept keys that tell apart variants of one method (α, τ): part of a row's identity, but not
+    matched with the baseline (DPO has no α to match)."""
+    return [k for k in swept if k in ("alpha", "tau")]
+
+
 def paired_differences(
     rows: Sequence[Mapping[str, Any]],
     swept: Sequence[str],
     metric: str,
     baselines: Mapping[str, str] | None = None,
 ) -> list[PairedDiff]:
-    """For every (label, setting) with a baseline, the per-seed differences to the baseline's run with
-    the same seed and setting (``setting_keys``), summarised by :func:`seed_stats`. ``baselines`` maps
-    a label to its baseline label (default: :func:`default_baselines`, TR-X -> X); a label given as a
-    plain string for all, e.g. ``{"*": "DPO"}``, compares every other label with DPO."""
+    """For every (label, α/τ, setting) with a baseline, the per-seed differences to the baseline's run
+    with the same seed and setting (``setting_keys``), summarised by :func:`seed_stats`. ``baselines``
+    maps a label to its baseline label (default: :func:`default_baselines`, TR-X -> X); ``{"*": "DPO"}``
+    compares every other label with DPO. ``PairedDiff.setting`` is the swept α/τ values then the
+    setting's. A baseline with several α/τ variants in one setting is matched on α/τ too."""
     done = _done(rows, metric)
-    keys = setting_keys(swept)
+    keys, own = setting_keys(swept), own_keys(swept)
     labels = list(dict.fromkeys(r["label"] for r in done))
     if baselines is None:
         baselines = default_baselines(labels)
     elif "*" in baselines:
         baselines = {label: baselines["*"] for label in labels if label != baselines["*"]}
-    by: dict[tuple, dict[Any, float]] = defaultdict(dict)
+    by: dict[tuple, dict[Any, float]] = defaultdict(dict)  # (label, own, setting) -> seed -> value
     for row in done:
-        by[(row["label"], *(row.get(k) for k in keys))][row.get(SEED_KEY)] = number(row[metric])
+        ident = (row["label"], tuple(row.get(k) for k in own), tuple(row.get(k) for k in keys))
+        by[ident][row.get(SEED_KEY)] = number(row[metric])
     out = []
-    for (label, *setting), values in by.items():
-        base = by.get((baselines.get(label), *setting)) if label in baselines else None
-        if not base:
+    for (label, mine, setting), values in by.items():
+        if label not in baselines:
             continue
+        candidates = [k for k in by if k[0] == baselines[label] and k[2] == setting]
+        if len(candidates) > 1:
+            candidates = [k for k in candidates if k[1] == mine]
+        if len(candidates) != 1:
+            continue
+        base = by[candidates[0]]
         seeds = sorted((s for s in values if s in base), key=str)
         if seeds:
             diffs = [values[s] - base[s] for s in seeds]
-            out.append(PairedDiff(label, baselines[label], tuple(setting), seed_stats(diffs), tuple(seeds)))
+            out.append(
+                PairedDiff(label, baselines[label], (*mine, *setting), seed_stats(diffs), tuple(seeds))
+            )
     return out
 
 

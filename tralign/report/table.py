@@ -11,7 +11,14 @@ from typing import Any
 
 from tralign.report.jobs import Job, parse_value
 from tralign.report.meaning import metric_kind, reference_equals_policy
-from tralign.report.stats import group_stats, kl_budgets, matched_kl, paired_differences, setting_keys
+from tralign.report.stats import (
+    group_stats,
+    kl_budgets,
+    matched_kl,
+    own_keys,
+    paired_differences,
+    setting_keys,
+)
 
 # Columns every row has (when the summary has them), in this order, after the swept values.
 RUN_COLUMNS = (
@@ -290,7 +297,7 @@ def seed_sections(
         "",
         *_md_table(["variant" if "method" in swept else "method", *keys, *cols, "n"], body),
     ]
-    setting = setting_keys(swept)
+    setting = own_keys(swept) + setting_keys(swept)
     diff_rows = []
     for m in cols:
         for d in paired_differences(rows, swept, m, baselines):
