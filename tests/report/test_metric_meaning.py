@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from tralign.report.meaning import describe, metric_kind, ordered_metrics, reference_equals_policy
+from tralign.report.meaning import (
+    describe,
+    metric_kind,
+    ordered_metrics,
+    reference_equals_policy,
+    summary_lines,
+)
 
 
 def _summary(ref: str, alpha: float, tau: int, steps: int, updates: int) -> dict:
@@ -73,3 +79,14 @@ def test_ordered_metrics_lead_with_start_relative_and_put_empty_last() -> None:
     assert describe("val/loss", math.log(2), "empty") == "empty: reference = policy at the last step"
     assert describe("val/loss", 0.55, "reference") == "0.55 (vs reference)"
     assert describe("golden_reward", 1.2345678, "start") == "1.235"
+
+
+def test_summary_lines_for_the_console() -> None:
+    lines = summary_lines(
+        _summary("hard", 1.0, 250, 1000, 4), ["val/loss", "golden_reward", "val/rewards/accuracies"]
+    )
+    assert [line.split()[0] for line in lines] == ["golden_reward", "val/loss", "val/rewards/accuracies"]
+    assert lines[0].endswith("  1.2") and "0.6931" not in "".join(lines)
+    assert lines[1].endswith("empty: reference = policy at the last step")
+    soft = summary_lines(_summary("soft", 0.003, 1, 1000, 1000), ["val/loss"])
+    assert soft == ["val/loss  0.55 (vs reference)"]

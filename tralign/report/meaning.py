@@ -92,3 +92,11 @@ def describe(key: str, value: Any, kind: Kind, digits: str = ".4g") -> str:
         return "empty: reference = policy at the last step"
     text = format(value, digits) if isinstance(value, float) else str(value)
     return f"{text} (vs reference)" if kind == "reference" else text
+
+
+def summary_lines(summary: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """The end-of-run console lines, ``key  value``, in :func:`ordered_metrics` order: what keeps its
+    meaning first; reference-relative values say ``(vs reference)``; empty ones say why, with no number."""
+    ordered = ordered_metrics(summary, keys)
+    width = max((len(k) for k, _, _ in ordered), default=0)
+    return [f"{key:<{width}}  {describe(key, value, kind)}" for key, value, kind in ordered]
