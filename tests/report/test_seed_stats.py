@@ -171,7 +171,8 @@ def test_matched_kl_reads_each_seeds_frontier_at_the_budget() -> None:
 
 def test_variants_of_one_method_are_paired_with_the_baseline_separately() -> None:
     """Regime map: TR-DPO soft at two α per learning rate, DPO once per learning rate."""
-    swept = ["optim.lr", "ref_update", "alpha", "seed"]
+    swept = ["sweep", "optim.lr", "ref_update", "alpha", "seed"]  # sweep: regime_dpo / regime_soft
+    assert setting_keys(swept) == ["optim.lr"]
     rows = []
     for lr, base in ((1e-4, 1.0), (1e-3, 2.0)):
         for seed in (0, 1):

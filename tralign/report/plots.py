@@ -170,7 +170,7 @@ def all_plots(
     With seeds swept: the frontier from seed means and the matched-KL comparison too."""
     from tralign.report.plots_seeds import frontier_means, matched_kl_plot
 
-    split = [k for k in swept if k not in ("method", "ref_update", "seed")]
+    split = [k for k in swept if k not in ("method", "ref_update", "seed", "sweep")]
     figures: dict[str, Figure | None] = {
         "alpha": plot_against(
             rows, "alpha", metric, keep=lambda r: r.get("ref_update") == "soft", split=split

@@ -32,7 +32,7 @@ def seed_sections(
     differences to each method's baseline (same seed, same setting) with their intervals."""
     if "seed" not in swept:
         return []
-    keys = [k for k in swept if k not in ("seed", "method", "ref_update")]
+    keys = [k for k in swept if k not in ("seed", "method", "ref_update", "sweep")]
     cols = [
         m
         for m in dict.fromkeys([*SEED_METRICS, *([metric] if metric else [])])

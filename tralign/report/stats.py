@@ -17,9 +17,9 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
-# Swept keys that say *which method* a row is; every other swept key but the seed is the setting the
-# method ran in, which a paired baseline must share.
-METHOD_KEYS = ("method", "ref_update", "alpha", "tau", "label")
+# Swept keys that say *which method* a row is (``sweep``: the +sweep= file, e.g. regime_dpo vs regime_soft);
+# every other swept key but the seed is the setting the method ran in, which a paired baseline must share.
+METHOD_KEYS = ("method", "ref_update", "alpha", "tau", "label", "sweep")
 SEED_KEY = "seed"
 
 
