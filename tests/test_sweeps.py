@@ -32,6 +32,10 @@ EXPECTED_JOBS = {
     "beta_kto": 3 * 5 * 3,
     "method_ref_update": 3 * 3 * 3,  # DPO/IPO/KTO × none/soft/hard × 3 seeds
     "overoptimisation": 3 * 3 * 2,  # DPO / TR-DPO soft / TR-DPO hard × 3 β × 2 step budgets
+    "frontier": 3 * 3 * 3,  # DPO / TR-DPO soft / TR-DPO hard × 3 β × 3 seeds
+    "regime_dpo": 3 * 3,  # 3 learning rates × 3 seeds
+    "regime_soft": 3 * 3 * 3,  # 3 learning rates × 3 α × 3 seeds
+    "regime_hard": 3 * 3 * 3,  # 3 learning rates × 3 τ × 3 seeds
 }
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}  # swept config groups; other keys are plain values
 

@@ -132,12 +132,14 @@ def _curves(ax) -> dict:
 def test_plotted_numbers_are_the_csv_numbers(tmp_path: Path) -> None:
     sweep = _fake_sweep(tmp_path / "sweep")
     main([str(sweep)])
-    assert sorted(p.name for p in sweep.glob("*.png")) == ["beta_dpo.png", "frontier.png"]  # α, τ constant
+    # α, τ constant: no α or τ plot; no KL range every (method, seed) reaches: no matched-KL plot.
+    pngs = sorted(p.name for p in sweep.glob("*.png"))
+    assert pngs == ["beta_dpo.png", "frontier.png", "frontier_seeds.png"]
     csv_rows = _read_csv(sweep / "results.csv")
     rows, swept, metric = build_rows(load_jobs(sweep))
     assert metric == "golden_reward" and swept == ["ref_update", "beta", "seed"]
     figures = all_plots(rows, metric, swept)
-    assert sorted(figures) == ["beta_dpo", "frontier"]
+    assert sorted(figures) == ["beta_dpo", "frontier", "frontier_seeds"]
     # β plot: per method, the line is the mean over seeds, the dots are the jobs.
     ax = figures["beta_dpo"].axes[0]
     expected = _label_means(csv_rows, "beta", "golden_reward")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tralign.report.jobs import load_jobs
 from tralign.report.plots import all_plots, save
-from tralign.report.table import build_rows, markdown, write_csv
+from tralign.report.steps import STEP_KEY, step_rows
+from tralign.report.table import build_rows, mark_best, markdown, write_csv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         "--metric",
         help="quality metric for 'best' and the plots (default: golden_reward, else val/init/rewards/accuracies)",
     )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="one row per checkpointed training length (golden_steps.json from python -m tralign.report.steps)",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="label every other method is paired with (e.g. DPO); default: each TR-X with its X",
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir}: no such folder")
@@ -35,11 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     rows, swept, metric = build_rows(jobs, args.metric)
+    if args.steps:
+        rows = step_rows(rows)
+        swept = [*swept, STEP_KEY]
+        mark_best(rows, metric)
+    baselines = {"*": args.baseline} if args.baseline else None
     write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(
-        markdown(rows, swept, metric, f"Results: {args.sweep_dir}"), encoding="utf-8"
+        markdown(rows, swept, metric, f"Results: {args.sweep_dir}", baselines), encoding="utf-8"
     )
-    pngs = save(all_plots(rows, metric, swept), out) if metric else []
+    pngs = save(all_plots(rows, metric, swept, baselines), out) if metric else []
     counts = ", ".join(
         f"{sum(r['status'] == s for r in rows)} {s}"
         for s in ("completed", "failed", "incomplete", "not started")

@@ -162,10 +162,15 @@ def _family(row: Row) -> str:
     return str(row.get("label", "")).split(" ")[0].removeprefix("TR-")
 
 
-def all_plots(rows: Sequence[Row], metric: str, swept: Sequence[str] = ()) -> dict[str, Figure]:
+def all_plots(
+    rows: Sequence[Row], metric: str, swept: Sequence[str] = (), baselines: Mapping[str, str] | None = None
+) -> dict[str, Figure]:
     """File stem -> figure, for every plot the rows support. Swept values other than the method,
-    reference update and seed split the curves (α, τ, β plots) or annotate the points (frontier)."""
-    split = [k for k in swept if k not in ("method", "ref_update", "seed")]
+    reference update and seed split the curves (α, τ, β plots) or annotate the points (frontier).
+    With seeds swept: the frontier from seed means and the matched-KL comparison too."""
+    from tralign.report.plots_seeds import frontier_means, matched_kl_plot
+
+    split = [k for k in swept if k not in ("method", "ref_update", "seed", "sweep")]
     figures: dict[str, Figure | None] = {
         "alpha": plot_against(
             rows, "alpha", metric, keep=lambda r: r.get("ref_update") == "soft", split=split
@@ -178,6 +183,10 @@ def all_plots(rows: Sequence[Row], metric: str, swept: Sequence[str] = ()) -> di
             rows, "beta", metric, keep=lambda r, f=family: _family(r) == f, split=split,
             title=f"{metric} against β, {family}",
         )  # fmt: skip
+    if "seed" in swept and metric != KL_KEY:
+        keys = [k for k in split if k not in ("alpha", "tau")] + [k for k in split if k in ("alpha", "tau")]
+        figures["frontier_seeds"] = frontier_means(rows, metric, KL_KEY, keys)
+        figures["matched_kl"] = matched_kl_plot(rows, metric, KL_KEY, baselines) if split else None
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 

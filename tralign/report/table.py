@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tralign.report.jobs import Job, parse_value
+from tralign.report.meaning import metric_kind, reference_equals_policy
 
 # Columns every row has (when the summary has them), in this order, after the swept values.
 RUN_COLUMNS = (
@@ -28,7 +27,8 @@ RUN_COLUMNS = (
 # The quality metric used to mark the best job and for the plots, first present wins; --metric overrides.
 METRIC_PREFERENCE = ("golden_reward", "val/init/rewards/accuracies", "val/rewards/accuracies", "val/loss")
 KL_KEY = "golden_kl_init"  # KL(policy ‖ starting policy) on the embedded task
-# Columns of the Markdown table besides the swept values (the CSV has everything).
+# Columns of the Markdown table besides the swept values (the CSV has everything): those that keep their
+# meaning under a moving reference first, the reference-relative ones after (tralign/report/meaning.py).
 MD_METRICS = (
     "golden_reward",
     "golden_kl_init",
@@ -89,6 +89,8 @@ def job_row(job: Job, swept: Sequence[str]) -> dict[str, Any]:
     row["best"] = False
     for key in RUN_COLUMNS:
         row.setdefault(key, s.get(key))
+    # The closing validation compared the policy with itself: its reference-relative values are empty.
+    row["ref_equals_policy"] = reference_equals_policy(s) if s else None
     # The quality metrics first (golden reward, evaluation), then validation, training, wall time.
     metrics: dict[str, Any] = {k: v for k, v in s.items() if k.startswith("golden_")}
     _flatten("eval", job.eval, metrics)
@@ -119,17 +121,33 @@ def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
     """``best`` = True on the completed job with the best ``metric`` within each method label."""
     if metric is None:
         return
+    for row in rows:
+        row["best"] = False
     sign = 1.0 if higher_is_better(metric) else -1.0
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
         value = _number(row.get(metric))
-        if row["status"] != "completed" or value is None:
+        if row["status"] != "completed" or value is None or is_empty(row, metric):
             continue
         current = best.get(row["label"])
         if current is None or sign * value > sign * current[metric]:
             best[row["label"]] = row
     for row in best.values():
         row["best"] = True
+
+
+def is_empty(row: Mapping[str, Any], metric: str) -> bool:
+    """A reference-relative validation value taken when the reference equals the policy."""
+    return (
+        bool(row.get("ref_equals_policy"))
+        and metric_kind(metric) == "reference"
+        and metric.startswith("val/")
+    )
+
+
+def header_name(metric: str) -> str:
+    """Reference-relative columns say so: ``val/loss (vs ref)``."""
+    return f"{metric} (vs ref)" if metric_kind(metric) == "reference" else metric
 
 
 def build_rows(
@@ -162,28 +180,6 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in cols})
 
 
-def seed_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: str) -> list[dict[str, Any]]:
-    """Completed jobs grouped by label and ``keys`` (the swept values without ``seed``): mean, standard
-    error over the group and n, for ``metric`` (and the KL when present)."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["status"] == "completed" and _number(row.get(metric)) is not None:
-            groups[(row["label"], *(row.get(k) for k in keys))].append(row)
-    out = []
-    for group_key, members in groups.items():
-        entry: dict[str, Any] = {"label": group_key[0], **dict(zip(keys, group_key[1:], strict=True))}
-        for name in dict.fromkeys((metric, KL_KEY)):
-            values = [v for v in (_number(m.get(name)) for m in members) if v is not None]
-            if values:
-                entry[name] = statistics.fmean(values)
-                entry[f"{name} sem"] = (
-                    statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
-                )
-        entry["n"] = len(members)
-        out.append(entry)
-    return out
-
-
 def fmt(value: Any, digits: str = "g") -> str:
     """A Markdown cell: ``digits="#.4g"`` for metrics (4 significant digits, trailing zeros kept)."""
     if value is None:
@@ -201,7 +197,13 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]
     return lines
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], swept: Sequence[str], metric: str | None, title: str) -> str:
+def markdown(
+    rows: Sequence[Mapping[str, Any]],
+    swept: Sequence[str],
+    metric: str | None,
+    title: str,
+    baselines: Mapping[str, str] | None = None,
+) -> str:
     counts = {
         s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "incomplete", "not started")
     }
@@ -216,33 +218,36 @@ def markdown(rows: Sequence[Mapping[str, Any]], swept: Sequence[str], metric: st
     present = [m for m in MD_METRICS if any(r.get(m) is not None for r in rows)]
     if metric and metric not in present:
         present.insert(0, metric)
-    header = ["job", "status", *swept, "variant" if "method" in swept else "method", *present, "best"]
+    header = [
+        "job",
+        "status",
+        *swept,
+        "variant" if "method" in swept else "method",
+        *map(header_name, present),
+    ]
     body = []
     for r in rows:
         cells = [fmt(r["job"]), r["status"], *(fmt(r.get(k)) for k in swept), r["label"]]
         for m in present:
+            if is_empty(r, m) and r.get(m) is not None:
+                cells.append("— (ref = policy)")
+                continue
             text = fmt(r.get(m), "#.4g")
             sem = r.get(f"{m}_sem")
             text += f" ± {sem:.2g}" if text and isinstance(sem, float) else ""
             cells.append(f"**{text}**" if r["best"] and m == metric and text else text)
         body.append([*cells, fmt(r["best"])])
-    lines += ["", *_md_table(header, body)]
-    keys = [k for k in swept if k != "seed"]
-    if metric and "seed" in swept:
-        means = seed_means(rows, keys, metric)
-        cols = [c for c in (metric, KL_KEY) if any(c in m for m in means)]
-        mean_body = []
-        for m in means:
-            stats = [
-                fmt(m.get(c), "#.4g") + (f" ± {m[f'{c} sem']:.2g}" if m.get(f"{c} sem") else "") for c in cols
-            ]
-            mean_body.append([m["label"], *(fmt(m.get(k)) for k in keys), *stats, str(m["n"])])
+    lines += ["", *_md_table([*header, "best"], body)]
+    if any(r.get("ref_equals_policy") for r in rows):
         lines += [
             "",
-            "## Mean over seeds (± standard error)",
-            "",
-            *_md_table(["variant" if "method" in keys else "method", *keys, *cols, "n"], mean_body),
+            "`(vs ref)`: relative to the reference at the end of the run. `— (ref = policy)`: the last optimizer "
+            "step copied the policy into the reference (hard update), so the closing validation compared the "
+            "policy with itself (accuracy 0, loss ln 2 by construction): no result.",
         ]
+    from tralign.report.seed_tables import seed_sections  # it uses this module's cells
+
+    lines += seed_sections(rows, swept, metric, baselines)
     bad = [r for r in rows if r["status"] != "completed"]
     if bad:
         lines += ["", "## Failed or incomplete jobs", ""]
