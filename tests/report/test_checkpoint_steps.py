@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHRINK, run_cli
+from helpers.config import SHRINK
+from helpers.processes import run_cli
 
 from tralign.errors import TralignError
 from tralign.report.__main__ import main
