@@ -149,8 +149,8 @@ def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
     proposed = _tralign_module(spec, policy)  # the module as shipped
     plain = _tralign_module({**spec, "tralign": {"head": "model", "foreach_adamw": False}}, policy)
     assert type(proposed) is AlignmentModule and type(plain) is not AlignmentModule
-    assert all(g["foreach"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
-    assert not any(g["foreach"] for g in plain.configure_optimizers()["optimizer"].param_groups)
+    assert all(g["fused"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
+    assert not any(g["foreach"] or g["fused"] for g in plain.configure_optimizers()["optimizer"].param_groups)
     ids = torch.randint(0, 40, (4, 10))
     batch = {
         "input_ids": ids,

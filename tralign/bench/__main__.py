@@ -18,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from tralign.bench.breakdown import breakdown_line, summarize_phases
 from tralign.bench.mfu import mfu
 from tralign.bench.report import BenchError, check_losses, peak_line, summarize, table
 from tralign.errors import exit_on_user_error
@@ -180,9 +181,10 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
             if not check["same_tokens"]:
                 raise BenchError("loss pre-check: the two collators built different token batches")
             check_losses(check["tralign_loss"], check["trl_loss"], rtol=rtol)
-            if "trl-best_loss" in check:
-                log(f"loss pre-check trl-best {check['trl-best_loss']:.6f}")
-                check_losses(check["tralign_loss"], check["trl-best_loss"], rtol=rtol, name="trl-best")
+            for other in ("trl-best", "tralign-compile"):
+                if f"{other}_loss" in check:
+                    log(f"loss pre-check {other} {check[f'{other}_loss']:.6f}")
+                    check_losses(check["tralign_loss"], check[f"{other}_loss"], rtol=rtol, name=other)
         # The matmul peak, before and after the runs (the best of both: the machine is shared).
         peaks = [_worker(spec_path, "peak", work)] if cfg.measure_peak else []
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in frameworks}
@@ -203,12 +205,18 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
         report["matmul_peak"] = {**peak, "measurements": [p["peak_flops_per_s"] for p in peaks]}
         for name, r in runs.items():
             summary[name].update(mfu(r, model_info["config"], peak["peak_flops_per_s"]))
+    for name, r in runs.items():
+        if all(run.get("phases") for run in r):
+            summary[name]["breakdown"] = summarize_phases([p for run in r for p in run["phases"]])
     report.update(summary=summary, runs=runs)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     log(f"bench.json: {out_path}")
     if peaks:
         log(peak_line(report["matmul_peak"]))
+    for name, s in summary.items():
+        if "breakdown" in s:
+            log(breakdown_line(s["breakdown"], name))
     log(table(summary))
     return report
 

@@ -119,14 +119,15 @@ def _result(spec, framework, ends, counts: BatchCounts, ref_times, losses) -> di
 
 
 # --- tralign -----------------------------------------------------------------------------------
-def _module_class(head: str, foreach: bool):
+def _module_class(head: str, adamw: str):
     """AlignmentModule as it is (``head=masked``: log-probs from ``model_sequence_logps``, the LM head
-    on completion positions only; ``foreach_adamw=true``), or with either undone, to measure each:
-    ``head=model`` computes full (N, T, V) logits, ``foreach_adamw=false`` is torch's CPU default."""
+    on completion positions only; ``adamw=shipped``: fused AdamW where torch has it), or with either
+    undone, to measure each: ``head=model`` computes full (N, T, V) logits, ``adamw=foreach`` is the
+    foreach AdamW shipped before the fused one, ``adamw=loop`` torch's CPU default."""
     from tralign.logprobs import sequence_logps
     from tralign.module import AlignmentModule
 
-    if head == "masked" and foreach:
+    if head == "masked" and adamw == "shipped":
         return AlignmentModule
 
     class VariantModule(AlignmentModule):
@@ -139,18 +140,27 @@ def _module_class(head: str, foreach: bool):
 
         def configure_optimizers(self):
             config = super().configure_optimizers()
-            if not foreach:
+            if adamw != "shipped":
                 for group in config["optimizer"].param_groups:
-                    group["foreach"] = None  # torch's default: the per-parameter loop on CPU
+                    group["fused"] = None
+                    # None: torch's default, the per-parameter loop on CPU
+                    group["foreach"] = True if adamw == "foreach" else None
             return config
 
     return VariantModule
 
 
-def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
+def adamw_variant(tralign: dict[str, Any]) -> str:
+    """bench.yaml's tralign.adamw (shipped | foreach | loop); ``foreach_adamw=false`` (older key): loop."""
+    if not tralign.get("foreach_adamw", True):
+        return "loop"
+    return str(tralign.get("adamw", "shipped"))
+
+
+def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module, compile: bool = False):
     from tralign.reference import ReferenceSchedule
 
-    return _module_class(spec["tralign"]["head"], bool(spec["tralign"].get("foreach_adamw", False)))(
+    return _module_class(spec["tralign"]["head"], adamw_variant(spec["tralign"]))(
         policy,
         loss="dpo",
         loss_params={"beta": float(spec["beta"]), "label_smoothing": 0.0},
@@ -167,16 +177,27 @@ def _tralign_module(spec: dict[str, Any], policy: torch.nn.Module):
         },
         max_steps=int(spec["warmup"]) + int(spec["steps"]),
         keep_initial=False,  # TRL keeps no third copy either
+        compile=compile,
     )
 
 
-def run_tralign(spec: dict[str, Any]) -> dict[str, Any]:
+def run_tralign_foreach(spec: dict[str, Any]) -> dict[str, Any]:
+    """tralign with the foreach AdamW it shipped before the fused one (the tralign-foreach row)."""
+    return run_tralign({**spec, "tralign": {**spec["tralign"], "adamw": "foreach"}}, name="tralign-foreach")
+
+
+def run_tralign_compiled(spec: dict[str, Any]) -> dict[str, Any]:
+    """tralign with ``model.compile=true`` (the tralign-compile row)."""
+    return run_tralign(compiled_warmup(spec, True), compile=True, name="tralign-compile")
+
+
+def run_tralign(spec: dict[str, Any], compile: bool = False, name: str = "tralign") -> dict[str, Any]:
     import lightning as L
 
     _, data = _setup(spec)
     data.group_by_length = bool(spec["tralign"]["group_by_length"])
     device = spec["device"]
-    module = _tralign_module(spec, _load(spec["model_dir"], "cpu"))
+    module = _tralign_module(spec, _load(spec["model_dir"], "cpu"), compile=compile)
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -188,7 +209,16 @@ def run_tralign(spec: dict[str, Any]) -> dict[str, Any]:
             self.counts.add(batch)
             self.losses.append(float(outputs["loss"]))
 
+    from tralign.bench.breakdown import PhaseClock, instrument
+
     timer = StepTimer()
+    phases = PhaseClock(lambda: _sync(device))
+    phase_callback = instrument(module, phases)
+
+    class EndPhases(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            phases.end_step()
+
     trainer = L.Trainer(
         accelerator=device,
         devices=1,
@@ -202,11 +232,13 @@ def run_tralign(spec: dict[str, Any]) -> dict[str, Any]:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        callbacks=[timer],
+        callbacks=[timer, phase_callback, EndPhases()],
     )
     trainer.fit(module, datamodule=data)
     ref_times = _time_reference_updates(module, device, float(spec["alpha"]), int(spec["ref_update_calls"]))
-    return _result(spec, "tralign", timer.ends, timer.counts, ref_times, timer.losses)
+    result = _result(spec, name, timer.ends, timer.counts, ref_times, timer.losses)
+    result["phases"] = phases.steps[int(spec["warmup"]) - 1 :]  # phases.steps[i] is step i + 1
+    return result
 
 
 def _time_reference_updates(module: torch.nn.Module, device: str, alpha: float, calls: int) -> list[float]:
@@ -385,14 +417,8 @@ def precheck(spec: dict[str, Any]) -> dict[str, Any]:
     examples = data.train_examples.__getitems__(list(indices))
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
 
-    module = _tralign_module(spec, _load(spec["model_dir"], device))
-    module.reference.load_state_dict(_load(spec["reference_dir"], device).state_dict())
-    module._kl_mean = lambda: None  # what _pair_step asks a trainer for; DPO has no batch statistic
     batch = {k: v.to(device) for k, v in data.collate(examples).items()}
-    with torch.no_grad(), autocast:
-        out, _ = module._pair_step(batch)
-    tralign_loss = float(out.losses.float().mean())
-    del module
+    tralign_loss = _tralign_loss(spec, batch, autocast, compile=False)
 
     trl_loss, trl_batch = _trl_loss(spec, tokenizer, data, examples, autocast, best=False)
     same_tokens = bool(
@@ -408,7 +434,24 @@ def precheck(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if "trl-best" in spec.get("frameworks", ()):
         result["trl-best_loss"], _ = _trl_loss(spec, tokenizer, data, examples, autocast, best=True)
+    if "tralign-compile" in spec.get("frameworks", ()):
+        result["tralign-compile_loss"] = _tralign_loss(spec, batch, autocast, compile=True)
     return result
+
+
+def _tralign_loss(spec, batch, autocast, *, compile: bool) -> float:
+    device = spec["device"]
+    module = _tralign_module(spec, _load(spec["model_dir"], device))
+    module.reference.load_state_dict(_load(spec["reference_dir"], device).state_dict())
+    if compile:  # as AlignmentModule(compile=True) does, after the reference weights are in
+        from tralign.models import compile_backbone
+
+        compile_backbone(module.policy)
+        compile_backbone(module.reference)
+    module._kl_mean = lambda: None  # what _pair_step asks a trainer for; DPO has no batch statistic
+    with torch.no_grad(), autocast:
+        out, _ = module._pair_step(batch)
+    return float(out.losses.float().mean())
 
 
 def _trl_loss(spec, tokenizer, data, examples, autocast, *, best: bool):
@@ -450,6 +493,8 @@ def run_peak(spec: dict[str, Any]) -> dict[str, Any]:
 
 RUNNERS = {
     "tralign": run_tralign,
+    "tralign-compile": run_tralign_compiled,
+    "tralign-foreach": run_tralign_foreach,
     "trl": run_trl,
     "trl-best": run_trl_best,
     "precheck": precheck,
