@@ -105,3 +105,32 @@ def test_scaling_table_skips_cells_dominated_by_a_timeout(tmp_path: Path) -> Non
     assert lines[3] == "| m | 512 | 2 | 300 | timeout | - | 1000 | timeout |"
     plot(cells, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_phase_clock_splits_a_step_and_sums_to_it() -> None:
+    from tralign.bench.breakdown import PHASES, PhaseClock, summarize_phases
+
+    t = iter([0.0, 1.0, 1.5, 3.5, 4.0, 5.0, 5.5, 6.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0])
+    clock = PhaseClock(clock=lambda: next(t))
+    update = clock.timed("reference_update", lambda: None)
+    ref_forward = clock.timed("reference_forward", lambda: None)
+    clock.end_step()  # 0.0: the first step's end (no interval before it)
+    update()  # 1.0 -> 1.5: the module's update after the callbacks' batch end: not data
+    clock.mark("start")  # 3.5: data = 3.5 - 0 - 0.5
+    ref_forward()  # 4.0 -> 5.0
+    clock.mark("before_backward")  # 5.5: forward = 5.5 - 3.5 - 1.0
+    clock.mark("after_backward")  # 6.0
+    clock.mark("optimizer")  # 10.0
+    clock.end_step()  # 11.0
+    (step,) = clock.steps
+    assert step == {
+        "data": 3.0,
+        "forward": 1.0,
+        "reference_forward": 1.0,
+        "backward": 0.5,
+        "optimizer": 4.0,
+        "reference_update": 0.5,
+        "other": 1.0,
+    }
+    shares = summarize_phases(clock.steps)
+    assert list(shares) == list(PHASES) and sum(v["share"] for v in shares.values()) == 1.0
