@@ -122,6 +122,7 @@ def build(cfg: DictConfig, run_dir: Path, ckpt_path: str | None) -> Run:
         fsdp1_clip_norm=fsdp1_clip,
         frozen_dtype=reference_dtype(cfg.model),
         deferred=deferred,
+        compile=bool(cfg.model.get("compile", False)),
     )
     # Now that the model's size is known: room for the checkpoints it will write, before any training.
     check_checkpoint_space(run_dir, checkpoint_bytes(module), cfg.checkpoint, int(cfg.trainer.max_steps))

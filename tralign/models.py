@@ -187,3 +187,11 @@ def save_as(model: PreTrainedModel, path: Path, dtype: torch.dtype) -> None:
     model.config.dtype = name(dtype)
     model.config.save_pretrained(path)
     model.config.dtype = live
+
+
+def compile_backbone(model: torch.nn.Module) -> None:
+    """``model.compile=true``: ``torch.compile`` the model's backbone (``base_model``) in place
+    (``nn.Module.compile``: parameter names, state dicts and the reference update are unchanged).
+    The LM head stays eager: ``tralign.heads`` swaps it per call for the chunked completion-only head."""
+    backbone = getattr(model, "base_model", model)
+    backbone.compile()

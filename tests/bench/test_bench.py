@@ -17,7 +17,7 @@ from tralign.bench.presets import PRESETS, model_config
 from tralign.bench.report import BenchError, check_losses, summarize, table
 
 BENCH_CONF = Path(bench.__file__).parent / "conf"
-RATIO_LINE = re.compile(r"^throughput ratio tralign/trl: \d+\.\d\d$")
+RATIO_LINE = re.compile(r"^throughput ratio tralign/trl-best: \d+\.\d\d$")
 
 
 def bench_cfg(overrides: list[str]):
@@ -107,13 +107,15 @@ def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
             "repeats=1",
             "ref_update_calls=2",
             "batch_size=4",
+            "trl_best.torch_compile=false",  # the row's plumbing, without minutes of compiling
         ]
     )
     bench.run(cfg, out, log=lambda s: lines.extend(str(s).splitlines()))
 
     assert RATIO_LINE.match(lines[-1]), lines[-1]
+    assert lines[-2].startswith("throughput ratio tralign/trl: ")
     header = next(i for i, line in enumerate(lines) if line.startswith("framework"))
-    assert [line.split()[0] for line in lines[header + 2 : header + 4]] == ["tralign", "trl"]
+    assert [line.split()[0] for line in lines[header + 2 : header + 5]] == ["tralign", "trl", "trl-best"]
     report = json.loads(out.read_text())
     check = report["loss_check"]
     assert check["same_tokens"] and check["rows"] == 4
@@ -125,8 +127,14 @@ def test_two_step_run_of_both_frameworks(tmp_path: Path) -> None:
         assert len(run["step_s"]) == len(run["tokens"]) == 2 and len(run["ref_update_s"]) == 2
         assert all(0 < t <= p for t, p in zip(run["tokens"], run["positions"], strict=True))
         assert report["summary"][name]["peak_rss_mb"] > 0
-    ratio = report["summary"]["tralign"]["tokens_per_s"] / report["summary"]["trl"]["tokens_per_s"]
+    ratio = report["summary"]["tralign"]["tokens_per_s"] / report["summary"]["trl-best"]["tokens_per_s"]
     assert lines[-1].endswith(f"{ratio:.2f}")
+    assert check["trl-best_loss"] == pytest.approx(check["trl_loss"], rel=1e-4)
+    assert report["runs"]["trl-best"][0]["trl_args"]["optim"] == "adamw_torch_fused"
+    peak = report["matmul_peak"]["peak_flops_per_s"]
+    for name in ("tralign", "trl", "trl-best"):
+        s = report["summary"][name]
+        assert s["mfu_vs_matmul_peak"] == pytest.approx(s["model_flops_per_s"] / peak)
     assert report["settings"]["alpha"] == 0.6 and report["settings"]["tau"] == 1
 
 
@@ -142,8 +150,8 @@ def test_module_variants_compute_the_same_logps_and_differ_in_adamw() -> None:
     proposed = _tralign_module(spec, policy)  # the module as shipped
     plain = _tralign_module({**spec, "tralign": {"head": "model", "foreach_adamw": False}}, policy)
     assert type(proposed) is AlignmentModule and type(plain) is not AlignmentModule
-    assert all(g["foreach"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
-    assert not any(g["foreach"] for g in plain.configure_optimizers()["optimizer"].param_groups)
+    assert all(g["fused"] for g in proposed.configure_optimizers()["optimizer"].param_groups)
+    assert not any(g["foreach"] or g["fused"] for g in plain.configure_optimizers()["optimizer"].param_groups)
     ids = torch.randint(0, 40, (4, 10))
     batch = {
         "input_ids": ids,

@@ -18,7 +18,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from tralign.bench.report import BenchError, check_losses, summarize, table
+from tralign.bench.breakdown import breakdown_line, summarize_phases
+from tralign.bench.mfu import mfu
+from tralign.bench.report import BenchError, check_losses, peak_line, summarize, table
 from tralign.errors import exit_on_user_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,15 +76,56 @@ def _save_models(cfg: DictConfig, data: dict[str, Any], tokenizer_src: str, work
     return info
 
 
-def _worker(spec_path: Path, what: str, work: Path) -> dict[str, Any]:
+def make_spec(
+    cfg: DictConfig, work: Path, data: dict[str, Any], tokenizer: str, device: str, precision: str
+) -> dict[str, Any]:
+    """What every worker of one invocation reads (spec.json): models, rows, settings."""
+    return {
+        "model_dir": str(work / "model"),
+        "reference_dir": str(work / "reference"),
+        "tokenizer": tokenizer,
+        "data_cfg": data,
+        "device": device,
+        "precision": precision,
+        "batch_size": int(cfg.batch_size),
+        "beta": float(cfg.beta),
+        "alpha": float(cfg.alpha),
+        "tau": int(cfg.tau),
+        "lr": float(cfg.optim.lr),
+        "betas": list(cfg.optim.betas),
+        "eps": float(cfg.optim.eps),
+        "weight_decay": float(cfg.optim.weight_decay),
+        "grad_clip": float(cfg.grad_clip),
+        "warmup": int(cfg.warmup),
+        "steps": int(cfg.steps),
+        "threads": cfg.threads,
+        "seed": int(cfg.seed),
+        "ref_update_calls": int(cfg.ref_update_calls),
+        "tralign": OmegaConf.to_container(cfg.tralign, resolve=True),
+        "trl_best": OmegaConf.to_container(cfg.trl_best, resolve=True),
+        "frameworks": list(cfg.frameworks),
+        "peak_repeats": int(cfg.peak_repeats),
+        "compile_warmup": int(cfg.compile_warmup),
+    }
+
+
+class WorkerTimeout(BenchError):
+    """A worker ran past ``worker_timeout`` seconds (the scaling table records the cell as such)."""
+
+
+def _worker(spec_path: Path, what: str, work: Path, timeout: float | None = None) -> dict[str, Any]:
     out = work / f"{what}-{time.monotonic_ns()}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tralign.bench.worker", str(spec_path), what, str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tralign.bench.worker", str(spec_path), what, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkerTimeout(f"{what} worker ran past {timeout:.0f} s") from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise BenchError(f"{what} worker failed (exit {proc.returncode}):\n{tail}")
@@ -110,29 +153,8 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tralign-bench-") as tmp:
         work = Path(tmp)
         model_info = _save_models(cfg, data, tokenizer, work)
-        spec = {
-            "model_dir": str(work / "model"),
-            "reference_dir": str(work / "reference"),
-            "tokenizer": tokenizer,
-            "data_cfg": data,
-            "device": device,
-            "precision": precision,
-            "batch_size": int(cfg.batch_size),
-            "beta": float(cfg.beta),
-            "alpha": float(cfg.alpha),
-            "tau": int(cfg.tau),
-            "lr": float(cfg.optim.lr),
-            "betas": list(cfg.optim.betas),
-            "eps": float(cfg.optim.eps),
-            "weight_decay": float(cfg.optim.weight_decay),
-            "grad_clip": float(cfg.grad_clip),
-            "warmup": int(cfg.warmup),
-            "steps": int(cfg.steps),
-            "threads": cfg.threads,
-            "seed": int(cfg.seed),
-            "ref_update_calls": int(cfg.ref_update_calls),
-            "tralign": OmegaConf.to_container(cfg.tralign, resolve=True),
-        }
+        spec = make_spec(cfg, work, data, tokenizer, device, precision)
+        spec["model_config"] = model_info["config"]
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
         report: dict[str, Any] = {
@@ -159,6 +181,12 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
             if not check["same_tokens"]:
                 raise BenchError("loss pre-check: the two collators built different token batches")
             check_losses(check["tralign_loss"], check["trl_loss"], rtol=rtol)
+            for other in ("trl-best", "tralign-compile"):
+                if f"{other}_loss" in check:
+                    log(f"loss pre-check {other} {check[f'{other}_loss']:.6f}")
+                    check_losses(check["tralign_loss"], check[f"{other}_loss"], rtol=rtol, name=other)
+        # The matmul peak, before and after the runs (the best of both: the machine is shared).
+        peaks = [_worker(spec_path, "peak", work)] if cfg.measure_peak else []
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in frameworks}
         for rep in range(int(cfg.repeats)):
             order = frameworks if rep % 2 == 0 else frameworks[::-1]
@@ -169,11 +197,26 @@ def run(cfg: DictConfig, out_path: Path, log=print) -> dict[str, Any]:
                     f"repeat {rep + 1}/{cfg.repeats} {name}: "
                     f"{sum(result['tokens']) / sum(result['step_s']):.0f} tokens/s"
                 )
+        if peaks:
+            peaks.append(_worker(spec_path, "peak", work))
     summary = {name: summarize(r) for name, r in runs.items()}
+    if peaks:
+        peak = max(peaks, key=lambda p: p["peak_flops_per_s"])
+        report["matmul_peak"] = {**peak, "measurements": [p["peak_flops_per_s"] for p in peaks]}
+        for name, r in runs.items():
+            summary[name].update(mfu(r, model_info["config"], peak["peak_flops_per_s"]))
+    for name, r in runs.items():
+        if all(run.get("phases") for run in r):
+            summary[name]["breakdown"] = summarize_phases([p for run in r for p in run["phases"]])
     report.update(summary=summary, runs=runs)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     log(f"bench.json: {out_path}")
+    if peaks:
+        log(peak_line(report["matmul_peak"]))
+    for name, s in summary.items():
+        if "breakdown" in s:
+            log(breakdown_line(s["breakdown"], name))
     log(table(summary))
     return report
 

@@ -14,13 +14,15 @@ class BenchError(TralignError):
     """The comparison would not be apples to apples (or a worker failed)."""
 
 
-def check_losses(tralign_loss: float, trl_loss: float, *, rtol: float, atol: float = 1e-6) -> None:
+def check_losses(
+    tralign_loss: float, trl_loss: float, *, rtol: float, atol: float = 1e-6, name: str = "trl"
+) -> None:
     """Refuse to time frameworks that do not compute the same DPO loss on the same batch."""
     if not (math.isfinite(tralign_loss) and math.isfinite(trl_loss)):
-        raise BenchError(f"loss pre-check: non-finite loss (tralign {tralign_loss}, trl {trl_loss})")
+        raise BenchError(f"loss pre-check: non-finite loss (tralign {tralign_loss}, {name} {trl_loss})")
     if abs(tralign_loss - trl_loss) > atol + rtol * abs(trl_loss):
         raise BenchError(
-            f"loss pre-check failed: tralign {tralign_loss:.6f} vs trl {trl_loss:.6f} on the same first batch "
+            f"loss pre-check failed: tralign {tralign_loss:.6f} vs {name} {trl_loss:.6f} on the same first batch "
             f"and weights (rtol {rtol}): the two runs would not compute the same thing; not timing them"
         )
 
@@ -57,12 +59,22 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def ratio(summary: dict[str, dict[str, Any]]) -> float:
-    return summary["tralign"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
+def ratio(summary: dict[str, dict[str, Any]], other: str = "trl") -> float:
+    return summary["tralign"]["tokens_per_s"] / summary[other]["tokens_per_s"]
+
+
+def peak_line(peak: dict[str, Any]) -> str:
+    best = max(peak["by_shape"], key=lambda s: s["flops_per_s"])
+    m, k, n = best["shape"]
+    return (
+        f"matmul peak: {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']}, "
+        f"best of the model's GEMM shapes: ({m}, {k}) @ ({k}, {n}))"
+    )
 
 
 def table(summary: dict[str, dict[str, Any]]) -> str:
-    """The table; its last line is ``throughput ratio tralign/trl: X.XX`` when both ran."""
+    """The table, then ``throughput ratio tralign/trl: X.XX`` and, last, ``throughput ratio
+    tralign/trl-best: X.XX`` for the rows that ran."""
     memory = "peak CUDA MiB" if all("peak_cuda_mb" in s for s in summary.values()) else "peak RSS MiB"
     header = [
         "framework",
@@ -74,6 +86,9 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         "ref/step",
         "pad frac",
     ]
+    with_mfu = all("mfu_vs_matmul_peak" in s for s in summary.values())
+    if with_mfu:
+        header += ["model GFLOP/s", "MFU"]
     rows = [header]
     for name, s in summary.items():
         mem = s.get("peak_cuda_mb", s["peak_rss_mb"]) if memory.startswith("peak CUDA") else s["peak_rss_mb"]
@@ -88,6 +103,11 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                 f"{100 * s['ref_update_share']:.2f}%",
                 f"{s['pad_fraction']:.3f}",
             ]
+            + (
+                [f"{s['model_flops_per_s'] / 1e9:.2f}", f"{100 * s['mfu_vs_matmul_peak']:.2f}%"]
+                if with_mfu
+                else []
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
@@ -97,6 +117,8 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    if {"tralign", "trl"} <= summary.keys():
-        lines.append(f"throughput ratio tralign/trl: {ratio(summary):.2f}")
+    # The last line: against TRL at its best when that row ran, else against TRL's defaults.
+    for other in ("trl", "trl-best"):
+        if {"tralign", other} <= summary.keys():
+            lines.append(f"throughput ratio tralign/{other}: {ratio(summary, other):.2f}")
     return "\n".join(lines)
