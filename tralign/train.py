@@ -17,9 +17,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from tralign.cli import run_command, user_errors
 from tralign.config import loss_params, schedule_from, validate
 from tralign.errors import TralignError, exit_on_user_error
 from tralign.loggers import finish_wandb
@@ -313,30 +313,17 @@ def _write_failure(err: BaseException) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from tralign.launch import check_launch
 
-    try:
-        check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
-    except TralignError as err:
-        exit_on_user_error(err)
     failed = True
     try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        failed = False
-        # The return value is what Hydra's sweepers optimise: final validation loss.
-        return summary["val"].get("val/loss")
-    except TralignError as err:
-        # A user error: one line naming the place, no traceback.
-        _write_failure(err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            if getattr(err, "secrets", None):
-                from tralign.safety import redact_hydra_outputs
-
-                redact_hydra_outputs(err.secrets)
-            print(f"tralign: error: {err}", file=sys.stderr)
-            raise  # Hydra records this job as failed and goes on with the rest of the sweep
-        exit_on_user_error(err)
+        with user_errors(on_failure=lambda err: _on_failure(err, cfg)):
+            check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
+            summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            failed = False
+            # The return value is what Hydra's sweepers optimise: final validation loss.
+            return summary["val"].get("val/loss")
     except SystemExit as err:
         from tralign.guards import EXIT_PREEMPTED, is_preemption
 
@@ -347,18 +334,23 @@ def main(cfg: DictConfig) -> float | None:
         resume = f"resume with ckpt_path={where} (or ckpt_path=auto)" if where else "no checkpoint written"
         print(f"tralign: pre-empted ({name}): {resume}", file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None
-    except Exception as err:
-        if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):
-            # Checkpoints load with weights_only=True: anything but tensors and plain data is refused.
-            err = TralignError(
-                f"ckpt_path={cfg.ckpt_path}: refused to load: {str(err).strip().splitlines()[0]}"
-            )
-            _write_failure(err)
-            exit_on_user_error(err)
-        _write_failure(err)
-        raise
     finally:
         finish_wandb(failed)
+
+
+def _on_failure(err: BaseException, cfg: DictConfig) -> None:
+    """Every failure leaves a failed summary.json; a checkpoint refused by the safe loader
+    (weights_only=True: anything but tensors and plain data) is the user's error, in one line."""
+    if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):
+        user = TralignError(f"ckpt_path={cfg.ckpt_path}: refused to load: {str(err).strip().splitlines()[0]}")
+        _write_failure(user)
+        exit_on_user_error(user)
+    _write_failure(err)
+
+
+def main() -> Any:
+    """``python -m tralign.train`` and ``tralign-train``: typos are refused before Hydra starts."""
+    return run_command(_hydra_main, "train")
 
 
 if __name__ == "__main__":
