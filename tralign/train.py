@@ -316,10 +316,13 @@ def _write_failure(err: BaseException) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from tralign.launch import check_launch
 
+    try:
+        check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
+    except TralignError as err:
+        exit_on_user_error(err)
     failed = True
     try:
         with user_errors(on_failure=lambda err: _on_failure(err, cfg)):
-            check_launch(cfg, HydraConfig.get())  # a sweep that would hang stops whole, at its first job
             summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
             failed = False
             # The return value is what Hydra's sweepers optimise: final validation loss.
