@@ -276,4 +276,17 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", category=category)
     for pattern in (r".*litlogger.*", r".*LitLogger.*", r".*module\(s\) in eval mode.*", r".*Tip:.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_drop_tips)
+
+
+_TIPS = ("Tip:", "litlogger", "LitLogger", "will override existing callbacks", "was configured so 100%")
+
+
+def _drop_tips(record: Any) -> bool:
+    """Lightning's advertisements and notes about its own defaults: not for tralign's users."""
+    return not any(tip in str(record.msg) for tip in _TIPS)

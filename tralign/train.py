@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tralign.cli import run_command, user_errors
 from tralign.config import loss_params, schedule_from, validate
+from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
 from tralign.loggers import finish_wandb
 from tralign.losses import LOSSES
@@ -81,6 +82,10 @@ def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
     # Before ModelCheckpoint (Lightning moves checkpoint callbacks last): a bad step is skipped and
     # a non-finite policy refused before anything is saved or mixed into the reference.
     callbacks += guard_callbacks(cfg.get("guard"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        from tralign.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar())  # optimizer steps out of trainer.max_steps
     return callbacks
 
 
@@ -324,6 +329,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         with user_errors(on_failure=lambda err: _on_failure(err, cfg)):
             summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            if "run_dir" in summary:  # rank zero: where everything is, and what the run achieved
+                print(ending(summary, Path(summary["run_dir"])))
             failed = False
             # The return value is what Hydra's sweepers optimise: final validation loss.
             return summary["val"].get("val/loss")
