@@ -11,6 +11,8 @@ import itertools
 import json
 import logging
 import statistics
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,22 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """``python -m tralign.evaluate`` and ``tralign-eval``."""
     run_command(_hydra_main, "evaluate", required=REQUIRED)
+
+
+class _CallableModule(types.ModuleType):
+    """``from tralign import evaluate`` gives this module once it is imported (a package's submodule
+    replaces the package attribute of the same name), so the module itself calls
+    :func:`tralign.api.evaluate`: ``evaluate(overrides=[...])`` works either way."""
+
+    def __call__(
+        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        from tralign import api
+
+        return api.evaluate(overrides, run_dir=run_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

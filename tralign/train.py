@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
 from tralign.loggers import finish_wandb
 from tralign.losses import LOSSES
+from tralign.model_card import write_model_card
 
 # Lightning and transformers take seconds to import; they are imported inside run(), after the
 # config is validated, so a typo on the command line is reported at once.
@@ -242,6 +244,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["wall_time_s"] = round(time.time() - started, 2)
         summary["run_dir"] = str(run_dir)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.export.policy:  # policy/README.md: ready for the hub (tralign/model_card.py)
+            write_model_card(run_dir / "policy", summary, cfg)
         log.info("summary: %s", run_dir / "summary.json")
     return summary
 
@@ -361,6 +365,22 @@ def _on_failure(err: BaseException, cfg: DictConfig) -> None:
 def main() -> Any:
     """``python -m tralign.train`` and ``tralign-train``: typos are refused before Hydra starts."""
     return run_command(_hydra_main, "train")
+
+
+class _CallableModule(types.ModuleType):
+    """``from tralign import train`` gives this module once it is imported (a package's submodule
+    replaces the package attribute of the same name), so the module itself calls
+    :func:`tralign.api.train`: ``train(overrides=[...])`` works either way."""
+
+    def __call__(
+        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        from tralign import api
+
+        return api.train(overrides, run_dir=run_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
