@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRALIGN_CACHE", tempfile.mkdtemp(prefix="tralign-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "tralign" / "conf"  # the packaged configs
 SHARED = REPO.parent / "shared"
 
 # Small enough for a few seconds per run, large enough that every code path runs (validation,

@@ -373,7 +373,7 @@ def test_slurm_launcher_configs_compose(launcher: str, tasks: int) -> None:
     from tralign.runstamp import register
 
     register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "tralign" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == tasks

@@ -24,7 +24,9 @@ from typing import Any
 
 from tralign.errors import TralignError, exit_on_user_error
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+# The packaged configs (tralign/conf), as an absolute folder: Hydra then reads them from the disk
+# wherever tralign is installed (a console script's module would otherwise need a pkg:// package).
+CONF = Path(__file__).resolve().parent / "conf"
 
 # `+key=value` adds a key the configs do not have. These subtrees take free-form keys:
 # model.config is the architecture's keyword arguments, and the logger, data and method nodes

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tralign.cli import run_command, user_errors
+from tralign.cli import CONF, run_command, user_errors
 from tralign.errors import TralignError
 from tralign.loggers import finish_wandb
 
@@ -158,7 +158,7 @@ REQUIRED = {
 }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
     failed = True
     try:

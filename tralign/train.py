@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from tralign.cli import run_command, user_errors
+from tralign.cli import CONF, run_command, user_errors
 from tralign.config import loss_params, schedule_from, validate
 from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
@@ -321,7 +321,7 @@ def _write_failure(err: BaseException) -> None:
         path.write_text(json.dumps(failure, indent=2) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from tralign.launch import check_launch
 
