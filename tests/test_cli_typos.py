@@ -45,7 +45,7 @@ def _one_line_refusal(overrides: list[str], config: str = "train") -> str:
         (["method=trdpo"], "did you mean tr_dpo?"),
         (["ref_update=sotf"], "did you mean soft?"),
         (["+optim.weight_decy=0.1"], "did you mean optim.weight_decay?"),
-        (["-m", "alpha=0.1,0.3", "method=tr_dpo,tr_ipoo"][1:], "did you mean tr_ipo?"),  # a sweep's values
+        (["alpha=0.1,0.3", "method=tr_dpo,tr_ipoo"], "did you mean tr_ipo?"),  # each value of a sweep
         (["ckpt_path=out/step=4.ckpt"], "ckpt_path=\"'out/step=4.ckpt'\""),
     ],
 )

@@ -178,8 +178,6 @@ def check_overrides(
                 continue
             if known or (o.is_add() and key.startswith(OPEN_SUBTREES) and not _close(key, keys)):
                 continue
-            if o.is_add() and known:
-                continue
             what = "unknown key" if not o.is_delete() else "no such key to delete"
             raise TralignError(f"{o.input_line}: {what} {key!r}{_hint(key, keys)}")
         try:
