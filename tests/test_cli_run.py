@@ -113,7 +113,13 @@ def test_api_train_returns_the_summary_and_wandb_carries_every_resolved_key(api_
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 4
     resolved = _flat(yaml.safe_load((run / "config_resolved.yaml").read_text()))
-    sent = _flat(run_config(run))
+    import time
+
+    for _ in range(60):  # wandb-core may still be writing the offline file after finish() returns
+        sent = _flat(run_config(run))
+        if set(resolved) <= set(sent):
+            break
+        time.sleep(0.5)
     missing = sorted(set(resolved) - set(sent))
     assert not missing, missing
     assert {k: sent[k] for k in resolved} == resolved
