@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from tralign.report.jobs import expand_sweep
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "tralign" / "conf"
 
 
 def job_lines(name: str, overrides: list[str]) -> list[str]:

@@ -11,7 +11,9 @@ from tralign.config import loss_params, schedule_from, validate
 from tralign.errors import ConfigError
 
 GROUPS = sorted(
-    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("tuning", "experiment", "judge")
+    p.name
+    for p in CONF.iterdir()
+    if p.is_dir() and p.name not in ("tuning", "experiment", "judge", "sweep")  # sweep: tests/test_sweeps.py
 )
 
 

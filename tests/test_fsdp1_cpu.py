@@ -129,7 +129,7 @@ def test_fsdp1_two_ranks_on_cpu_clip_through_the_root_and_resume_to_the_one_proc
     the sharded checkpoint: the exported policy and reference agree within 1e-5, and every step's
     gradient clip ran on the FSDP root with the global norm (the one-process norm), and bound."""
     one, plain = one_process
-    saved = _kill_after(tmp_path, "killed", "step=4.ckpt", *FSDP1)
+    saved = _kill_after(tmp_path, "killed", "step-000004.ckpt", *FSDP1)
     # Lightning's sharded FSDP1 checkpoint: a folder, one shard file per rank, written atomically.
     assert saved.is_dir() and (saved / "meta.pt").is_file() and (saved / ".metadata").is_file()
     assert sorted(p.name for p in saved.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

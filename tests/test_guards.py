@@ -166,7 +166,7 @@ def test_a_policy_with_nonfinite_weights_is_never_mixed_into_the_reference(monke
     assert all_finite(list(module.reference.parameters()))  # the step-3 update never ran
     assert module.ref_updates == 2
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "stopped"
-    assert not (tmp_path / "checkpoints" / "step=4.ckpt").exists()
+    assert not (tmp_path / "checkpoints" / "step-000004.ckpt").exists()
 
 
 # --------------------------------------------------------------------------- pre-emption
@@ -247,7 +247,7 @@ def _resumes_to_the_end(cmd: list[str], cwd: Path, env: dict[str, str], run_dir:
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     assert f"ckpt_path=auto: resuming from {ckpt}" in output, output[-3000:]
-    assert ckpt.exists() and (run_dir / "checkpoints" / "step=2.ckpt").exists()  # nothing deleted
+    assert ckpt.exists() and (run_dir / "checkpoints" / "step-000002.ckpt").exists()  # nothing deleted
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 10
 
@@ -276,7 +276,7 @@ def test_sigusr2_under_submitit_saves_then_requeues_and_the_same_command_resumes
     cmd = [sys.executable, str(driver), *BASE, f"hydra.run.dir={run_dir}"]
     env = {**SUBMITIT, "RUN_DIR": str(run_dir), "REQUEUE_MARKER": str(marker)}
     proc = _launch(cmd, tmp_path, env)
-    _wait_for(run_dir / "checkpoints" / "step=2.ckpt", proc)  # training is under way
+    _wait_for(run_dir / "checkpoints" / "step-000002.ckpt", proc)  # training is under way
     proc.send_signal(signal.SIGUSR2)  # what SLURM sends submitit's jobs signal_delay_s before the limit
     summary, _ = _preempted(proc, run_dir, "SIGUSR2")
     assert summary["signal"] == "SIGUSR2" and 2 <= summary["global_step"] < 10
@@ -341,7 +341,7 @@ def test_sigterm_during_the_closing_validation_stops_before_the_export(monkeypat
     assert guards.is_preemption(caught.value)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["global_step"] == 4
-    assert Path(summary["checkpoint"]).name == "step=4.ckpt" == caught.value.checkpoint.name
+    assert Path(summary["checkpoint"]).name == "step-000004.ckpt" == caught.value.checkpoint.name
     assert not (tmp_path / "policy").exists()
     assert signal.getsignal(signal.SIGTERM) == before  # Lightning restored the handler
 
@@ -424,7 +424,7 @@ def test_two_process_ddp_sigterm_at_any_moment_exits_143_with_a_checkpoint(tmp_p
     ]
     run_dir = tmp_path / "ddp"
     proc = _launch([sys.executable, "-m", "tralign.train", *args, f"hydra.run.dir={run_dir}"], tmp_path, {})
-    _wait_for(run_dir / "checkpoints" / "step=2.ckpt", proc)
+    _wait_for(run_dir / "checkpoints" / "step-000002.ckpt", proc)
     time.sleep(0.3)  # somewhere inside step 3 or later
     os.killpg(proc.pid, signal.SIGTERM)
     signalled = time.time()

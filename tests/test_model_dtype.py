@@ -221,7 +221,7 @@ def test_half_checkpoint_trains_fp32_at_lr_1e6(
         summary = run(compose_cfg(_real_run(folder, shared, *extra), shrink=False), tmp_path)
     assert summary["status"] == "completed" and summary["global_step"] == 3
     assert math.isfinite(summary["val"]["val/loss"])
-    state = torch.load(tmp_path / "checkpoints" / "step=3.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / "checkpoints" / "step-000003.ckpt", map_location="cpu", weights_only=True)
     policy = {k.removeprefix("policy."): v for k, v in state["state_dict"].items() if k.startswith("policy.")}
     assert {v.dtype for v in policy.values() if v.is_floating_point()} == {torch.float32}
     assert all(bool(torch.isfinite(v).all()) for v in policy.values())

@@ -520,7 +520,7 @@ def test_resume_mid_epoch_continues_the_schedule(monkeypatch, tmp_path):
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
     _fit(first, enable_checkpointing=True, callbacks=[saver])
     assert first.ref_updates == 2
-    (ckpt,) = tmp_path.glob("*step=3*.ckpt")
+    (ckpt,) = tmp_path.glob("*step=3*.ckpt")  # Lightning's own ModelCheckpoint names
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     saved_ref = {
         k.removeprefix("reference."): v for k, v in saved["state_dict"].items() if k.startswith("reference.")

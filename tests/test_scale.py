@@ -246,8 +246,8 @@ def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, one_proces
     """One run SIGKILLed once step 5's checkpoint is written, resumed from step 4 (mid-epoch) and
     from step 5 (the end of the first epoch): both bitwise equal to the uninterrupted run."""
     args = ONE_PROCESS[:3]
-    saved = _kill_after(tmp_path, "killed", "step=5.ckpt", *args)
-    for checkpoint in ("step=4.ckpt", "step=5.ckpt"):
+    saved = _kill_after(tmp_path, "killed", "step-000005.ckpt", *args)
+    for checkpoint in ("step-000004.ckpt", "step-000005.ckpt"):
         name = f"resumed-{checkpoint.removesuffix('.ckpt').replace('=', '')}"  # no '=' in hydra.run.dir
         resumed = _train(tmp_path, name, *ONE_PROCESS, f"ckpt_path='{saved.parent / checkpoint}'")
         assert_same(one_process, resumed, atol=0.0)  # bitwise: same data, same order, same reference
@@ -291,7 +291,7 @@ def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path,
     assert tuple(summary[k] for k in cut) == (8, 4, 1, 2)
     assert tuple(json.loads((one_process / "summary.json").read_text())[k] for k in cut) == (8, 4, 2, 1)
     # The sharded run's checkpoints are folders of per-rank shards; its export is one whole model.
-    assert (two / "checkpoints" / "step=8.ckpt" / "__1_0.distcp").is_file()
+    assert (two / "checkpoints" / "step-000008.ckpt" / "__1_0.distcp").is_file()
     _assert_loads_on_one_process(two / "policy")
 
 
@@ -310,7 +310,7 @@ def _assert_loads_on_one_process(folder: Path) -> None:
 def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process(tmp_path: Path) -> None:
     hard = ["ref_update=hard", "tau=3"]
     one = _train(tmp_path, "one", *hard, "data.batch_size=8", "trainer.max_steps=8")
-    saved = _kill_after(tmp_path, "killed", "step=4.ckpt", *hard, *TWO_PROC, "data.batch_size=4")
+    saved = _kill_after(tmp_path, "killed", "step-000004.ckpt", *hard, *TWO_PROC, "data.batch_size=4")
     assert saved.is_dir() and not list(saved.parent.glob(f"*{PARTIAL}"))
     resumed = _train(
         tmp_path,
@@ -333,7 +333,7 @@ def test_slurm_launcher_configs_compose(launcher: str, tasks: int) -> None:
     from tralign.runstamp import register
 
     register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "tralign" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == tasks

@@ -1,4 +1,4 @@
-"""Every shipped sweep (sweeps/*.yaml, used as +sweep=NAME) composes, says how to run itself, expands
+"""Every shipped sweep (tralign/conf/sweep/*.yaml, used as +sweep=NAME) composes, says how to run itself, expands
 to the expected jobs in unique folders, and each job's config is valid; +sweep is found from any
 working directory and only by tralign's own configs."""
 
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tralign.config import validate
 from tralign.report.jobs import expand_sweep, parse_value, split_override
 
-SWEEPS = REPO / "sweeps"
+SWEEPS = CONF / "sweep"  # the +sweep group, shipped in the package
 # A new sweep file must be added here with its job count.
 EXPECTED_JOBS = {
     "alpha_soft": 8 * 3,  # α 0.1 … 0.8 × 3 seeds
@@ -118,7 +118,7 @@ def test_sweep_is_found_from_another_working_directory(tmp_path: Path) -> None:
 
 
 def test_print_jobs_gives_one_launch_line_per_job() -> None:
-    spec = importlib.util.spec_from_file_location("print_jobs", SWEEPS / "print_jobs.py")
+    spec = importlib.util.spec_from_file_location("print_jobs", REPO / "sweeps" / "print_jobs.py")
     print_jobs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(print_jobs)
     lines = [shlex.split(line) for line in print_jobs.job_lines("tau_hard", ["seed=0,1", "alpha=0.9"])]

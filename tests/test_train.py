@@ -76,7 +76,7 @@ def test_run_outputs_contract(tmp_path: Path) -> None:
     assert on_disk["ref_updates"] == 4
     assert (tmp_path / "config_resolved.yaml").is_file()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
-    assert ckpts == ["last.ckpt", "step=2.ckpt", "step=4.ckpt"], ckpts
+    assert ckpts == ["last.ckpt", "step-000002.ckpt", "step-000004.ckpt"], ckpts
     # The checkpoint carries the moving reference and the update counter (needed to resume).
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert any(k.startswith("reference.") for k in state["state_dict"])

@@ -163,6 +163,10 @@ def _callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> list[Any]:
     guards = guard_callbacks(cfg.get("guard"))
     after = max((i + 1 for i, cb in enumerate(guards) if isinstance(cb, NonFiniteGuard)), default=0)
     callbacks += [*guards[:after], ReferenceUpdate(), *guards[after:]]
+    if cfg.trainer.get("enable_progress_bar", True):
+        from tralign.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar())  # optimizer steps out of trainer.max_steps
     return callbacks
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints a kill cannot corrupt: ``checkpoints/step=N.ckpt`` every ``checkpoint.every_n_steps``
+"""Checkpoints a kill cannot corrupt: ``checkpoints/step-00000N.ckpt`` every ``checkpoint.every_n_steps``
 optimizer steps and at the end, plus ``last.ckpt`` (a link to the newest).
 
 Every checkpoint is first written as ``<name>.partial`` (a file, or a folder for sharded
@@ -7,6 +7,9 @@ in the middle of a save leaves the previous checkpoints intact and loadable; the
 ``.partial`` is never mistaken for a checkpoint. ``last.ckpt`` is a symbolic link, so the newest
 state is written once, not twice (a 6.9B policy with its reference and AdamW states is ~110 GB:
 16 bytes per parameter, 20 with a kept starting copy; see safety.checkpoint_bytes).
+
+Names hold no ``=``, so a checkpoint's path pastes into ``ckpt_path=`` unquoted; the ``step=N.ckpt``
+names of earlier versions still load and resume (``newest_checkpoint`` reads both).
 """
 
 from __future__ import annotations
@@ -39,9 +42,7 @@ def resolve_ckpt_path(
     """The checkpoint ``ckpt_path`` names, or None to start fresh:
 
     - a checkpoint (file, or a sharded checkpoint's folder);
-    - a run folder: its newest checkpoint (highest step, pre-emption checkpoints included). This
-      form needs no quoting on the command line, where ``step=N.ckpt`` does
-      (``ckpt_path="'.../step=N.ckpt'"``);
+    - a run folder: its newest checkpoint (highest step, pre-emption checkpoints included);
     - ``auto``: ``run_dir``'s newest checkpoint, or None when it has none. The same command started
       again in the same folder continues the run;
     - ``null`` (the default): ``auto`` under SLURM (``SLURM_JOB_ID`` set), so a job that SLURM or
@@ -123,11 +124,18 @@ def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> No
         os.replace(src, dst)
 
 
-_STEP = re.compile(r"step=?(\d+)")
+_STEP = re.compile(r"step[-=]?(\d+)")
+# A periodic checkpoint: step-000040.ckpt, or step=40.ckpt as earlier versions named them.
+_PERIODIC = re.compile(r"step[-=](\d+)\.ckpt")
+
+
+def checkpoint_name(step: int) -> str:
+    """The periodic checkpoint of optimizer step ``step``: ``step-000040.ckpt``."""
+    return f"step-{step:06d}.ckpt"
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint of the highest optimizer step in ``folder``: periodic (``step=N.ckpt``),
+    """The checkpoint of the highest optimizer step in ``folder``: periodic (``step-00000N.ckpt``, or ``step=N.ckpt`` from earlier versions),
     pre-emption (``preempt-stepN.ckpt``) or non-finite stop (``nonfinite-stepN.ckpt``); unfinished
     ``.partial`` writes and the ``last.ckpt`` link are skipped. None when there is none."""
     if not folder.is_dir():
@@ -159,7 +167,8 @@ class AtomicCheckpoint(ModelCheckpoint):
     ):
         super().__init__(
             dirpath=dirpath,
-            filename="{step}",  # -> step=N.ckpt
+            filename="step-{step:06d}",  # -> step-000040.ckpt: no "=" to quote on the command line
+            auto_insert_metric_name=False,
             every_n_train_steps=every_n_steps,
             save_top_k=-1,
             save_last="link" if save_last else False,
@@ -186,7 +195,7 @@ class AtomicCheckpoint(ModelCheckpoint):
         periodic = sorted(
             (int(m.group(1)), entry)
             for entry in folder.iterdir()
-            if (m := re.fullmatch(r"step=(\d+)\.ckpt", entry.name)) and not entry.is_symlink()
+            if (m := _PERIODIC.fullmatch(entry.name)) and not entry.is_symlink()
         )
         keep_from = resumed_from and Path(resumed_from).resolve()
         for _, entry in periodic[: -self.keep]:

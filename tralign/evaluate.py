@@ -11,6 +11,8 @@ import itertools
 import json
 import logging
 import statistics
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tralign.errors import TralignError, exit_on_user_error
+from tralign.cli import CONF, run_command, user_errors
+from tralign.errors import TralignError
 from tralign.loggers import finish_wandb
 
 log = logging.getLogger("tralign")
@@ -41,7 +44,19 @@ def comparisons_for(policies: list[str], baseline: str | None, pairs: str) -> li
         raise TralignError(
             "baseline: required (a <run dir>/policy folder), or pairs=all with several policies"
         )
-    return [(p, baseline) for p in policies if p != baseline]
+    pairs_ = [(p, baseline) for p in policies if not _same_folder(p, baseline)]
+    if not pairs_:
+        # Refused rather than scored as a 0.5 sanity check: a model against itself is most often a
+        # pasted path, and its "win rate" would read like a result.
+        raise TralignError(
+            f"policy and baseline are the same folder ({baseline}): nothing to compare; give the "
+            "baseline run's policy folder as baseline=..."
+        )
+    return pairs_
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def eval_prompts(data_cfg: Any, n: int, tokenizer: Any) -> list[str]:
@@ -136,16 +151,43 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+# What a bare ``python -m tralign.evaluate`` is told (checked before Hydra starts).
+REQUIRED = {
+    "policy": "policy: required: the model folder(s) to evaluate and what to compare them with, e.g. "
+    "policy=outputs/<TR-DPO run>/policy baseline=outputs/<DPO run>/policy (see --help)"
+}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
     failed = True
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        failed = False
-    except TralignError as err:
-        exit_on_user_error(err)
+        with user_errors():
+            run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            failed = False
     finally:
         finish_wandb(failed)
+
+
+def main() -> None:
+    """``python -m tralign.evaluate`` and ``tralign-eval``."""
+    run_command(_hydra_main, "evaluate", required=REQUIRED)
+
+
+class _CallableModule(types.ModuleType):
+    """``from tralign import evaluate`` gives this module once it is imported (a package's submodule
+    replaces the package attribute of the same name), so the module itself calls
+    :func:`tralign.api.evaluate`: ``evaluate(overrides=[...])`` works either way."""
+
+    def __call__(
+        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        from tralign import api
+
+        return api.evaluate(overrides, run_dir=run_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

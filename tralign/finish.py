@@ -17,6 +17,7 @@ from tralign.config import loss_params
 from tralign.lora.adapters import is_lora
 from tralign.lora.export import export_lora
 from tralign.lora.params import param_counts
+from tralign.model_card import write_model_card
 
 log = logging.getLogger("tralign")
 
@@ -75,6 +76,8 @@ def finish(cfg: DictConfig, run: Run, run_dir: Path, started: float) -> dict[str
     summary["wall_time_s"] = round(time.time() - started, 2)
     summary["run_dir"] = str(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.export.policy:  # policy/README.md: ready for the hub (tralign/model_card.py)
+        write_model_card(run_dir / "policy", summary, cfg)
     log.info("summary: %s", run_dir / "summary.json")
     return summary
 

@@ -1,4 +1,4 @@
-"""Experiment loggers from ``conf/logger/*``: W&B (offline unless configured online), CSV, none."""
+"""Experiment loggers from ``conf/logger/*``: W&B (offline unless configured online), TensorBoard, CSV, none."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def build_logger(
         return None
     if name == "csv":
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if name == "tensorboard":
+        return _tensorboard(run_dir, config)
     if name == "wandb":
         logger = WandbLogger(
             project=logger_cfg.get("project") or "tralign",
@@ -62,7 +64,25 @@ def build_logger(
         check_no_secrets(dict(config))  # W&B keeps the config: never a credential in it
         logger.log_hyperparams(dict(config))
         return logger
-    raise ValueError(f"logger.name: unknown logger {name!r}; valid: wandb, csv, none")
+    raise ValueError(f"logger.name: unknown logger {name!r}; valid: wandb, tensorboard, csv, none")
+
+
+def _tensorboard(run_dir: Path, config: Mapping[str, Any]) -> Any:
+    """TensorBoard event files in ``<run dir>/tensorboard/``, the resolved config as its hparams."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tralign.errors import TralignError
+
+    try:
+        logger = TensorBoardLogger(
+            save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+        )
+    except ModuleNotFoundError as err:
+        raise TralignError(
+            "logger=tensorboard needs the tensorboard package: pip install 'tralign[tensorboard]'"
+        ) from err
+    logger.log_hyperparams(dict(config))
+    return logger
 
 
 def finish_wandb(failed: bool) -> None:

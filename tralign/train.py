@@ -11,17 +11,19 @@ import json
 import logging
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tralign.build import build, effective_setup, preflight
+from tralign.cli import CONF, run_command, user_errors
 from tralign.config import validate
+from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
 from tralign.finish import finish
 from tralign.loggers import finish_wandb
@@ -63,8 +65,8 @@ def _write_failure(err: BaseException) -> None:
         path.write_text(json.dumps(failure, indent=2) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
     from tralign.launch import check_launch
 
     try:
@@ -73,21 +75,13 @@ def main(cfg: DictConfig) -> float | None:
         exit_on_user_error(err)
     failed = True
     try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        failed = False
-        # The return value is what Hydra's sweepers optimise: final validation loss.
-        return summary["val"].get("val/loss")
-    except TralignError as err:
-        # A user error: one line naming the place, no traceback.
-        _write_failure(err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            if getattr(err, "secrets", None):
-                from tralign.safety import redact_hydra_outputs
-
-                redact_hydra_outputs(err.secrets)
-            print(f"tralign: error: {err}", file=sys.stderr)
-            raise  # Hydra records this job as failed and goes on with the rest of the sweep
-        exit_on_user_error(err)
+        with user_errors(on_failure=lambda err: _on_failure(err, cfg)):
+            summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            if "run_dir" in summary:  # rank zero: where everything is, and what the run achieved
+                print(ending(summary, Path(summary["run_dir"])))
+            failed = False
+            # The return value is what Hydra's sweepers optimise: final validation loss.
+            return summary["val"].get("val/loss")
     except SystemExit as err:
         from tralign.guards import EXIT_PREEMPTED, is_preemption
 
@@ -98,18 +92,39 @@ def main(cfg: DictConfig) -> float | None:
         resume = f"resume with ckpt_path={where} (or ckpt_path=auto)" if where else "no checkpoint written"
         print(f"tralign: pre-empted ({name}): {resume}", file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None
-    except Exception as err:
-        if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):
-            # Checkpoints load with weights_only=True: anything but tensors and plain data is refused.
-            err = TralignError(
-                f"ckpt_path={cfg.ckpt_path}: refused to load: {str(err).strip().splitlines()[0]}"
-            )
-            _write_failure(err)
-            exit_on_user_error(err)
-        _write_failure(err)
-        raise
     finally:
         finish_wandb(failed)
+
+
+def _on_failure(err: BaseException, cfg: DictConfig) -> None:
+    """Every failure leaves a failed summary.json; a checkpoint refused by the safe loader
+    (weights_only=True: anything but tensors and plain data) is the user's error, in one line."""
+    if type(err).__name__ == "UnpicklingError" and cfg.get("ckpt_path"):
+        user = TralignError(f"ckpt_path={cfg.ckpt_path}: refused to load: {str(err).strip().splitlines()[0]}")
+        _write_failure(user)
+        exit_on_user_error(user)
+    _write_failure(err)
+
+
+def main() -> Any:
+    """``python -m tralign.train`` and ``tralign-train``: typos are refused before Hydra starts."""
+    return run_command(_hydra_main, "train")
+
+
+class _CallableModule(types.ModuleType):
+    """``from tralign import train`` gives this module once it is imported (a package's submodule
+    replaces the package attribute of the same name), so the module itself calls
+    :func:`tralign.api.train`: ``train(overrides=[...])`` works either way."""
+
+    def __call__(
+        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        from tralign import api
+
+        return api.train(overrides, run_dir=run_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

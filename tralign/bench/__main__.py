@@ -24,6 +24,7 @@ from tralign.bench.report import BenchError, check_losses, peak_line, summarize,
 from tralign.errors import exit_on_user_error
 
 REPO = Path(__file__).resolve().parents[2]
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the packaged configs (tralign/conf)
 SHARED = REPO.parent / "shared"
 HH_SAMPLE = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 PYTHIA_TOKENIZER = SHARED / "tokenizers" / "pythia"
@@ -34,7 +35,7 @@ def _data_cfg(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     kind = cfg.data
     if kind == "auto":
         kind = "hh" if (cfg.data_path or HH_SAMPLE.exists()) else "synthetic"
-    data = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / f"{kind}.yaml"), resolve=True)
+    data = OmegaConf.to_container(OmegaConf.load(CONF / "data" / f"{kind}.yaml"), resolve=True)
     data.update(
         max_length=int(cfg.max_length),
         max_prompt_length=int(cfg.max_prompt_length),

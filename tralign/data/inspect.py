@@ -17,6 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from tralign.cli import CONF
 from tralign.config import data_mode, validate
 from tralign.errors import TralignError, exit_on_user_error
 
@@ -102,7 +103,7 @@ def report(cfg: DictConfig) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         print(report(cfg))

@@ -134,7 +134,9 @@ def train_and_resume(
 
     def train() -> tuple[bool, dict[str, Any]]:
         whole = runs["whole"] = audited_run(work, "whole", device, head_dtype, overrides)
-        ckpt = work / "whole" / "checkpoints" / "step=10.ckpt"
+        from tralign.checkpoint import checkpoint_name
+
+        ckpt = work / "whole" / "checkpoints" / checkpoint_name(10)
         resumed = audited_run(work, "resumed", device, head_dtype, overrides, ckpt=str(ckpt))
         summaries = {"whole": whole["summary"], "resumed": resumed["summary"]}
         diff = _max_export_diff(work / "whole", work / "resumed")

@@ -19,6 +19,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[2]
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the packaged configs (tralign/conf)
 
 
 def compose(overrides: list[str]):
@@ -28,7 +29,7 @@ def compose(overrides: list[str]):
     from tralign.runstamp import register
 
     register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tralign.cli import user_errors
 from tralign.report.jobs import load_jobs
 from tralign.report.plots import all_plots, save
 from tralign.report.steps import STEP_KEY, step_rows
@@ -18,7 +19,7 @@ from tralign.report.table import build_rows, mark_best, markdown, write_csv
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tralign.report", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="tralign-report", description=__doc__.split("\n\n")[1])
     parser.add_argument(
         "sweep_dir", type=Path, help="a multirun sweep folder (or a folder of sweeps or runs)"
     )
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         help="label every other method is paired with (e.g. DPO); default: each TR-X with its X",
     )
     args = parser.parse_args(argv)
+    with user_errors():  # a user error (e.g. a malformed summary.json): one line, exit code 2
+        return _report(parser, args)
+
+
+def _report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir}: no such folder")
     jobs = load_jobs(args.sweep_dir)
