@@ -17,7 +17,7 @@ from helpers.dispatch import run_workers
 from helpers.models import tiny_model, tiny_neox
 from helpers.paths import REPO
 from helpers.processes import run_cli, sigkill_after_checkpoint
-from helpers.runs import RUN, TWO_PROC, assert_same
+from helpers.runs import RUN, TWO_PROC, assert_same, train_here
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
 from tralign.config import validate
@@ -207,12 +207,7 @@ def _train(tmp_path: Path, name: str, *args: str) -> Path:
 
 
 def _train_here(tmp_path: Path, name: str, *args: str) -> Path:
-    """A one-process run in this process (``tralign.train.run``, the function behind the CLI): the
-    same training without a second Python start-up and Lightning import (~7 CPU-s a launch)."""
-    from tralign.train import run
-
-    run(compose_cfg([*RUN, *args], shrink=False), tmp_path / name)
-    return tmp_path / name
+    return train_here(tmp_path / name, [*RUN, *args])
 
 
 def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
