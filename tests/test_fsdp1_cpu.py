@@ -34,6 +34,7 @@ import torch
 from helpers.config import SHRINK
 from helpers.fsdp1_shim import shim_env
 from helpers.processes import TORCHRUN, sigkill_after_checkpoint
+from helpers.runs import train_here
 from safetensors.torch import load_file
 
 from tralign.checkpoint import PARTIAL
@@ -114,8 +115,17 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[fl
     """The plain one-process run (no FSDP) at 8 pairs for 8 steps: its folder and its gradient
     norm before clipping at each optimizer step."""
     tmp_path = tmp_path_factory.mktemp("fsdp1-one-process")
-    one = _train(tmp_path, "one", "data.batch_size=8", "trainer.max_steps=8", torchrun=False)
-    norms = [c["norm"] for c in _clips(tmp_path, "one")[0]]
+    # No FSDP, so no shim: trained in this process (no CLI start-up), each clip's norm recorded.
+    clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        total = clip(parameters, max_norm, *args, **kwargs)
+        norms.append(float(total))
+        return total
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+        one = train_here(tmp_path / "one", [*RUN, "data.batch_size=8", "trainer.max_steps=8"])
     assert len(norms) == 8 and min(norms) > 4 * CLIP  # the clip changes every step's update
     return one, norms
 

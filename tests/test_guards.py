@@ -19,8 +19,7 @@ import torch
 from helpers.callbacks import PoisonGradients, with_callbacks
 from helpers.config import SHRINK, compose_cfg
 from helpers.paths import REPO
-from helpers.processes import run_cli
-from helpers.runs import RUN, TWO_PROC, assert_same
+from helpers.runs import RUN, TWO_PROC, assert_same, train_here
 
 import tralign.guards as guards
 from tralign.guards import NonFiniteError, NonFiniteGuard, all_finite
@@ -192,10 +191,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run of BASE, one process."""
-    tmp = tmp_path_factory.mktemp("whole")
-    result = run_cli("tralign.train", [*BASE, f"hydra.run.dir={tmp / 'run'}"], tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run"
+    return train_here(tmp_path_factory.mktemp("whole") / "run", BASE)  # in-process: no CLI start-up
 
 
 def _launch(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:

@@ -17,7 +17,7 @@ from helpers.dispatch import run_workers
 from helpers.models import tiny_model, tiny_neox
 from helpers.paths import REPO
 from helpers.processes import run_cli, sigkill_after_checkpoint
-from helpers.runs import RUN, TWO_PROC, assert_same
+from helpers.runs import RUN, TWO_PROC, assert_same, train_here
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
 from tralign.config import validate
@@ -206,6 +206,10 @@ def _train(tmp_path: Path, name: str, *args: str) -> Path:
     return tmp_path / name
 
 
+def _train_here(tmp_path: Path, name: str, *args: str) -> Path:
+    return train_here(tmp_path / name, [*RUN, *args])
+
+
 def _kill_after(tmp_path: Path, name: str, checkpoint: str, *args: str) -> Path:
     """A run that would train for long, SIGKILLed (all its processes) once ``checkpoint`` is written."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
@@ -236,7 +240,7 @@ ONE_PROCESS = [
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted one-process soft run at 8 pairs for 8 steps, checkpointing every step: the
     result the resumed runs and the 2-process run are held to (shared: one launch, not three)."""
-    return _train(tmp_path_factory.mktemp("one-process"), "whole", *ONE_PROCESS)
+    return _train_here(tmp_path_factory.mktemp("one-process"), "whole", *ONE_PROCESS)
 
 
 @pytest.mark.slow
@@ -249,7 +253,7 @@ def test_single_process_resume_after_sigkill_is_exact(tmp_path: Path, one_proces
     saved = _kill_after(tmp_path, "killed", "step-000005.ckpt", *args)
     for checkpoint in ("step-000004.ckpt", "step-000005.ckpt"):
         name = f"resumed-{checkpoint.removesuffix('.ckpt').replace('=', '')}"  # no '=' in hydra.run.dir
-        resumed = _train(tmp_path, name, *ONE_PROCESS, f"ckpt_path='{saved.parent / checkpoint}'")
+        resumed = _train_here(tmp_path, name, *ONE_PROCESS, f"ckpt_path='{saved.parent / checkpoint}'")
         assert_same(one_process, resumed, atol=0.0)  # bitwise: same data, same order, same reference
         summary = json.loads((resumed / "summary.json").read_text())
         assert summary["ref_updates"] == 8
@@ -309,7 +313,7 @@ def _assert_loads_on_one_process(folder: Path) -> None:
 @pytest.mark.e2e
 def test_two_process_fsdp2_hard_update_resumed_after_sigkill_matches_one_process(tmp_path: Path) -> None:
     hard = ["ref_update=hard", "tau=3"]
-    one = _train(tmp_path, "one", *hard, "data.batch_size=8", "trainer.max_steps=8")
+    one = _train_here(tmp_path, "one", *hard, "data.batch_size=8", "trainer.max_steps=8")
     saved = _kill_after(tmp_path, "killed", "step-000004.ckpt", *hard, *TWO_PROC, "data.batch_size=4")
     assert saved.is_dir() and not list(saved.parent.glob(f"*{PARTIAL}"))
     resumed = _train(

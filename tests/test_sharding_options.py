@@ -12,8 +12,8 @@ Each option trains through the real entry point (``tralign.train.run``, the func
   (``val/init/rewards/margins`` ≠ 0).
 
 CPU is scarce, so all 2-rank options run in ONE torchrun launch (:data:`LOOP` loops over them in
-each rank, one ``run`` per option, sharing the process group), and the single device in one plain
-launch of the same script. FSDP1 runs on CPU through ``tests/test_fsdp1_cpu.py``'s shim.
+each rank, one ``run`` per option, sharing the process group); the single device trains in the
+test's own process (:func:`train_options_here`, the same loop). FSDP1 runs on CPU through ``tests/test_fsdp1_cpu.py``'s shim.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.config import SHRINK
+from helpers.config import SHRINK, compose_cfg
 from helpers.fsdp1_shim import shim_env
 from helpers.models import tiny_neox
 from helpers.paths import CONF
@@ -162,10 +162,38 @@ def test_reference_moves_under_every_two_rank_sharding_option(tmp_path: Path) ->
     assert_reference_moved(launch_options(tmp_path, OPTIONS, ranks=2))
 
 
+def train_options_here(tmp_path: Path, options: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """:data:`LOOP` for one process, in this one (no launch, no shim: no FSDP1 here); the same
+    ``{option: [rank 0's result]}``."""
+    from tralign.module import AlignmentModule
+    from tralign.train import run
+
+    gaps: list[list] = []
+    pair_step_of = AlignmentModule._pair_step
+
+    def pair_step(self, batch):
+        loss, pair = pair_step_of(self, batch)
+        if self.training:  # as LOOP: training steps only
+            gap = torch.cat([pair.policy_chosen - pair.ref_chosen, pair.policy_rejected - pair.ref_rejected])
+            gaps.append([int(self.trainer.global_step), gap.detach().abs().max().item()])
+        return loss, pair
+
+    results = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentModule, "_pair_step", pair_step)
+        for name, overrides in options.items():
+            gaps.clear()
+            summary = run(compose_cfg(COMMON + overrides, shrink=False), tmp_path / name)
+            results[name] = [
+                {"gaps": list(gaps), "val": summary["val"], "ref_updates": summary["ref_updates"]}
+            ]
+    return results
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_reference_moves_on_a_single_device(tmp_path: Path) -> None:
-    assert_reference_moved(launch_options(tmp_path, SINGLE, ranks=1))
+    assert_reference_moved(train_options_here(tmp_path, SINGLE))  # in-process: no launch to pay for
 
 
 # --- the frozen copies' own plan -----------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from helpers.config import SHRINK
+from helpers.config import SHRINK, compose_cfg
 
 RUN = [
     a
@@ -29,6 +29,17 @@ TWO_PROC = [
     "trainer.devices=2",
     "trainer.strategy.mixed_precision=null",
 ]
+
+
+def train_here(run_dir: Path, overrides: list[str]) -> Path:
+    """A one-process run in this process (``tralign.train.run``, the function behind
+    ``python -m tralign.train``) of ``conf/train.yaml`` with ``overrides`` (no SHRINK added): the
+    same training as the CLI without a second Python start-up and Lightning import (~7 CPU-s a
+    launch). For the uninterrupted runs that resumed or multi-process runs are compared with."""
+    from tralign.train import run
+
+    run(compose_cfg(overrides, shrink=False), run_dir)
+    return run_dir
 
 
 def weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
