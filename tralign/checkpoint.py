@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tralign.ckpt_names import checkpoint_name, periodic_checkpoints  # noqa: F401  (checkpoint_name re-exported)
 from tralign.errors import TralignError
 
 PARTIAL = ".partial"
@@ -125,13 +126,6 @@ def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> No
 
 
 _STEP = re.compile(r"step[-=]?(\d+)")
-# A periodic checkpoint: step-000040.ckpt, or step=40.ckpt as earlier versions named them.
-_PERIODIC = re.compile(r"step[-=](\d+)\.ckpt")
-
-
-def checkpoint_name(step: int) -> str:
-    """The periodic checkpoint of optimizer step ``step``: ``step-000040.ckpt``."""
-    return f"step-{step:06d}.ckpt"
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -192,11 +186,7 @@ class AtomicCheckpoint(ModelCheckpoint):
         """Delete periodic checkpoints beyond the ``keep`` newest (never the one this run resumed from)."""
         if self.keep is None:
             return
-        periodic = sorted(
-            (int(m.group(1)), entry)
-            for entry in folder.iterdir()
-            if (m := _PERIODIC.fullmatch(entry.name)) and not entry.is_symlink()
-        )
+        periodic = list(periodic_checkpoints(folder).items())
         keep_from = resumed_from and Path(resumed_from).resolve()
         for _, entry in periodic[: -self.keep]:
             if entry.resolve() != keep_from:

@@ -18,7 +18,8 @@ import contextlib
 import difflib
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,25 @@ _TIPS = ("Tip:", "litlogger", "LitLogger", "will override existing callbacks", "
 def _drop_tips(record: Any) -> bool:
     """Lightning's advertisements and notes about its own defaults: not for tralign's users."""
     return not any(tip in str(record.msg) for tip in _TIPS)
+
+
+# --- the Python API's shared steps (tralign.api: tralign.train(...), tralign.evaluate(...)) ---
+
+
+def api_run_dir(root: str, name: str) -> Path:
+    """``<root>/<date>/<time>_<name>``, made unique: calls in the same second get ``-2``, ``-3`` ..."""
+    base = Path(root) / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}_{name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def api_compose(
+    config_name: str, overrides: Sequence[str] | None, required: dict[str, str] | None = None
+) -> Any:
+    quiet_third_party()
+    if isinstance(overrides, str):
+        raise TypeError("overrides: a list of strings, e.g. ['method=tr_dpo', 'alpha=0.3']")
+    return check_overrides(list(overrides or []), config_name, required=required)

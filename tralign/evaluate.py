@@ -13,6 +13,7 @@ import logging
 import statistics
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tralign.cli import CONF, run_command, user_errors
+from tralign.cli import CONF, api_compose, api_run_dir, run_command, user_errors
 from tralign.errors import TralignError
 from tralign.loggers import finish_wandb
 
@@ -174,17 +175,24 @@ def main() -> None:
     run_command(_hydra_main, "evaluate", required=REQUIRED)
 
 
+def call(overrides: Sequence[str] | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compare policies, as ``tralign-eval *overrides``; returns ``eval.json``'s content.
+
+    ``run_dir``: default ``outputs/eval/<date>/<time>_<judge>``."""
+    cfg = api_compose("evaluate", overrides, REQUIRED)
+    folder = Path(run_dir) if run_dir is not None else api_run_dir("outputs/eval", str(cfg.judge.name))
+    return run(cfg, folder)
+
+
 class _CallableModule(types.ModuleType):
     """``from tralign import evaluate`` gives this module once it is imported (a package's submodule
     replaces the package attribute of the same name), so the module itself calls
-    :func:`tralign.api.evaluate`: ``evaluate(overrides=[...])`` works either way."""
+    :func:`call` (also :func:`tralign.api.evaluate`): ``evaluate(overrides=[...])`` works either way."""
 
     def __call__(
         self, overrides: list[str] | None = None, run_dir: str | Path | None = None
     ) -> dict[str, Any]:
-        from tralign import api
-
-        return api.evaluate(overrides, run_dir=run_dir)
+        return call(overrides, run_dir=run_dir)
 
 
 sys.modules[__name__].__class__ = _CallableModule

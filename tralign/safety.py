@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tralign.ckpt_names import periodic_checkpoints
 from tralign.errors import ConfigError, TralignError
 
 # Key names that hold a credential. "token" alone is too broad (max_new_tokens, pad_token ...),
@@ -244,7 +245,7 @@ def check_checkpoint_space(run_dir: Path, per_checkpoint: int, checkpoint_cfg: A
     folder = Path(run_dir) / "checkpoints"
     reusable = 0
     if keep is not None and folder.is_dir():
-        periodic = [p for p in folder.glob("step=*.ckpt") if not p.is_symlink()]
+        periodic = periodic_checkpoints(folder).values()
         reusable = sum(_size_on_disk(p) for p in periodic)
     free = shutil.disk_usage(run_dir).free
     if free + reusable < need:

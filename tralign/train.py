@@ -13,6 +13,7 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tralign.build import build, effective_setup, preflight
-from tralign.cli import CONF, run_command, user_errors
+from tralign.cli import CONF, api_compose, api_run_dir, run_command, user_errors
 from tralign.config import validate
 from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
@@ -111,17 +112,33 @@ def main() -> Any:
     return run_command(_hydra_main, "train")
 
 
+def call(overrides: Sequence[str] | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one configuration, as ``tralign-train *overrides``; returns the summary (``summary.json``).
+
+    ``run_dir``: where the run writes; default ``outputs/<date>/<time>_<method>_<ref_update>`` under
+    the working directory. Sweeps (``-m``, ``a,b`` values) are the command line's: call this once per
+    configuration instead."""
+    from tralign import model_card
+
+    cfg = api_compose("train", overrides)
+    model_card.API_COMMAND = f"tralign.train(overrides={list(overrides or [])!r})"
+    folder = (
+        Path(run_dir)
+        if run_dir is not None
+        else api_run_dir("outputs", f"{cfg.method.name}_{cfg.ref_update}")
+    )
+    return run(cfg, folder)
+
+
 class _CallableModule(types.ModuleType):
     """``from tralign import train`` gives this module once it is imported (a package's submodule
     replaces the package attribute of the same name), so the module itself calls
-    :func:`tralign.api.train`: ``train(overrides=[...])`` works either way."""
+    :func:`call` (also :func:`tralign.api.train`): ``train(overrides=[...])`` works either way."""
 
     def __call__(
         self, overrides: list[str] | None = None, run_dir: str | Path | None = None
     ) -> dict[str, Any]:
-        from tralign import api
-
-        return api.train(overrides, run_dir=run_dir)
+        return call(overrides, run_dir=run_dir)
 
 
 sys.modules[__name__].__class__ = _CallableModule

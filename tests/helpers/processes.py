@@ -44,12 +44,14 @@ def sigkill_after_checkpoint(
             cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.time() + 300
-        while not target.exists():
-            assert proc.poll() is None, log_path.read_text()[-4000:]
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        kill_tree(proc.pid)
-        proc.wait()
+        try:
+            while not target.exists():
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                assert time.time() < deadline, f"no {target.name} within 300 s"
+                time.sleep(0.05)
+        finally:  # also when the checkpoint never comes: no run left training in the background
+            kill_tree(proc.pid)
+            proc.wait()
     assert proc.returncode == -signal.SIGKILL
     return target
 

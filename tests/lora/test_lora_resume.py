@@ -15,6 +15,8 @@ from helpers.paths import REPO
 from helpers.processes import run_cli, sigkill_after_checkpoint
 from safetensors.torch import load_file
 
+from tralign.checkpoint import checkpoint_name
+
 RUN = [a for a in SHRINK if not a.startswith(("trainer.max_steps", "data.batch_size", "checkpoint."))] + [
     "model.lora.r=4",
     "alpha=0.3",  # a soft update that moves the reference adapter visibly every step
@@ -44,9 +46,9 @@ def test_lora_resume_after_sigkill_is_bitwise(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "tralign.train", *RUN, "trainer.max_steps=100000", f"hydra.run.dir={killed}"]
     saved = sigkill_after_checkpoint(
-        cmd, tmp_path, env, killed / "checkpoints" / "step=3.ckpt", tmp_path / "k.log"
+        cmd, tmp_path, env, killed / "checkpoints" / checkpoint_name(3), tmp_path / "k.log"
     )
-    state = torch.load(saved.parent / "step=2.ckpt", weights_only=True, map_location="cpu")
+    state = torch.load(saved.parent / checkpoint_name(2), weights_only=True, map_location="cpu")
     keys = state["state_dict"].keys()
     assert any(".lora_A.default." in k for k in keys) and any(".lora_B.reference." in k for k in keys)
     assert state["optimizer_states"][0]["state"] and state["tralign"] == {
@@ -58,7 +60,7 @@ def test_lora_resume_after_sigkill_is_bitwise(tmp_path: Path) -> None:
     args = [
         *RUN,
         "trainer.max_steps=5",
-        f"ckpt_path='{saved.parent / 'step=2.ckpt'}'",
+        f"ckpt_path={saved.parent / checkpoint_name(2)}",
         f"hydra.run.dir={resumed}",
     ]
     result = run_cli("tralign.train", args, tmp_path)

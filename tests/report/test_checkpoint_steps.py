@@ -40,7 +40,14 @@ def test_step_rows_one_row_per_evaluated_length(tmp_path: Path) -> None:
 def test_checkpoint_steps_ignores_other_files(tmp_path: Path) -> None:
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
-    for name in ("step=10.ckpt", "step=2.ckpt", "last.ckpt", "step=4.ckpt.partial", "preempt-step3.ckpt"):
+    # today's names and the old step=N.ckpt ones; never the link, a .partial or a pre-emption save
+    for name in (
+        "step-000010.ckpt",
+        "step=2.ckpt",
+        "last.ckpt",
+        "step-000004.ckpt.partial",
+        "preempt-step3.ckpt",
+    ):
         (ckpts / name).write_text("")
     assert list(checkpoint_steps(tmp_path)) == [2, 10]
 

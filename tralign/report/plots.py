@@ -14,7 +14,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tralign.report.table import KL_KEY
+from tralign.report.cells import KL_KEY
+from tralign.report.frontier import _short, pareto_front  # noqa: F401  (pareto_front re-exported)
+from tralign.report.plots_seeds import frontier_means, matched_kl_plot
 
 Row = Mapping[str, Any]
 NAMES = {"alpha": "α (soft update weight)", "tau": "τ (optimizer steps between hard updates)", "beta": "β"}
@@ -86,23 +88,6 @@ def plot_against(
     return fig
 
 
-def _short(key: str, value: Any) -> str:
-    name = {"alpha": "α", "tau": "τ", "beta": "β", "trainer.max_steps": "steps"}.get(
-        key, key.rsplit(".", 1)[-1]
-    )
-    return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (KL, quality) points no other point beats on both counts (lower or equal KL and higher
-    quality), by increasing KL: the best quality a method reached within each KL budget."""
-    front: list[tuple[float, float]] = []
-    for kl, quality in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or quality > front[-1][1]:
-            front.append((kl, quality))
-    return front
-
-
 def plot_frontier(
     rows: Sequence[Row], metric: str, kl: str = KL_KEY, annotate: Sequence[str] = ()
 ) -> Figure | None:
@@ -168,8 +153,6 @@ def all_plots(
     """File stem -> figure, for every plot the rows support. Swept values other than the method,
     reference update and seed split the curves (α, τ, β plots) or annotate the points (frontier).
     With seeds swept: the frontier from seed means and the matched-KL comparison too."""
-    from tralign.report.plots_seeds import frontier_means, matched_kl_plot
-
     split = [k for k in swept if k not in ("method", "ref_update", "seed", "sweep")]
     figures: dict[str, Figure | None] = {
         "alpha": plot_against(

@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tralign.report.plots import _short, pareto_front
+from tralign.report.frontier import _short, pareto_front
 from tralign.report.stats import kl_budgets, matched_kl, number, seed_stats
 
 Row = Mapping[str, Any]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tralign.report.cells import KL_KEY, _md_table, _number, fmt
 from tralign.report.meaning import metric_kind
 from tralign.report.stats import (
     group_stats,
@@ -16,7 +17,6 @@ from tralign.report.stats import (
     paired_differences,
     setting_keys,
 )
-from tralign.report.table import KL_KEY, _md_table, _number, fmt
 
 # Seed statistics for these (when present): the metrics that keep their meaning under a moving reference.
 SEED_METRICS = ("golden_reward", KL_KEY, "val/init/rewards/accuracies")

@@ -2,7 +2,7 @@
 from one run. ``python -m tralign.report.steps <sweep dir> [--final]``
 
 A run checkpoints its policy every ``checkpoint.every_n_steps`` optimizer steps
-(``checkpoints/step=N.ckpt``). With the default constant learning rate after warm-up, the policy at step
+(``checkpoints/step-00000N.ckpt``). With the default constant learning rate after warm-up, the policy at step
 N of an 800-step run is the policy an N-step run ends with (same seed, same data order, same reference
 updates), so evaluating it as the run's own closing golden evaluation does (same held-out prompts,
 same sampling seed, same starting policy) gives the N-step point of a frontier without training again.
@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from tralign.ckpt_names import periodic_checkpoints
 from tralign.errors import TralignError
 
 STEPS_FILE = "golden_steps.json"
-_STEP = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 def checkpoint_steps(job_dir: Path) -> dict[int, Path]:
-    """``{N: checkpoints/step=N.ckpt}`` in step order (``last.ckpt`` is a link to one of them)."""
-    found = {}
-    for path in (Path(job_dir) / "checkpoints").glob("step=*.ckpt"):
-        match = _STEP.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
+    """``{N: checkpoints/step-00000N.ckpt}`` in step order (``last.ckpt`` is a link to one of them)."""
+    return periodic_checkpoints(Path(job_dir) / "checkpoints")
 
 
 def evaluate_job(job_dir: Path, *, final: bool = False) -> dict[str, dict[str, Any]]:

@@ -4,13 +4,14 @@ Markdown. Pure functions over plain dicts; plots.py draws from the same rows."""
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tralign.report.cells import KL_KEY, _md_table, _number, fmt  # noqa: F401  (KL_KEY re-exported)
 from tralign.report.jobs import Job, parse_value
 from tralign.report.meaning import metric_kind, reference_equals_policy
+from tralign.report.seed_tables import seed_sections
 
 # Columns every row has (when the summary has them), in this order, after the swept values.
 RUN_COLUMNS = (
@@ -26,7 +27,6 @@ RUN_COLUMNS = (
 )
 # The quality metric used to mark the best job and for the plots, first present wins; --metric overrides.
 METRIC_PREFERENCE = ("golden_reward", "val/init/rewards/accuracies", "val/rewards/accuracies", "val/loss")
-KL_KEY = "golden_kl_init"  # KL(policy ‖ starting policy) on the embedded task
 # Columns of the Markdown table besides the swept values (the CSV has everything): those that keep their
 # meaning under a moving reference first, the reference-relative ones after (tralign/report/meaning.py).
 MD_METRICS = (
@@ -111,12 +111,6 @@ def pick_metric(rows: Sequence[Mapping[str, Any]], requested: str | None = None)
     return next((m for m in METRIC_PREFERENCE if any(_number(r.get(m)) is not None for r in done)), None)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
     """``best`` = True on the completed job with the best ``metric`` within each method label."""
     if metric is None:
@@ -180,23 +174,6 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in cols})
 
 
-def fmt(value: Any, digits: str = "g") -> str:
-    """A Markdown cell: ``digits="#.4g"`` for metrics (4 significant digits, trailing zeros kept)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "★" if value else ""
-    if isinstance(value, float):
-        return format(value, digits)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return lines
-
-
 def markdown(
     rows: Sequence[Mapping[str, Any]],
     swept: Sequence[str],
@@ -245,8 +222,6 @@ def markdown(
             "step copied the policy into the reference (hard update), so the closing validation compared the "
             "policy with itself (accuracy 0, loss ln 2 by construction): no result.",
         ]
-    from tralign.report.seed_tables import seed_sections  # it uses this module's cells
-
     lines += seed_sections(rows, swept, metric, baselines)
     bad = [r for r in rows if r["status"] != "completed"]
     if bad:
