@@ -49,7 +49,24 @@ def test_ending_names_the_folders_and_says_what_the_run_did(tmp_path: Path):
     text = ending(summary, tmp_path)
     assert f"checkpoint:  {tmp_path / 'checkpoints' / 'step-000040.ckpt'}" in text
     assert f"policy:      {tmp_path / 'policy'}" in text
-    assert "tr_dpo (soft update α=0.6 τ=1, β=0.1), 40 steps, val accuracy 0.750" in text
-    assert "golden reward -0.500 → 0.250" in text
+    assert "tr_dpo (soft update α=0.6 τ=1, β=0.1), 40 steps, golden reward -0.500 → 0.250, " in text
+    assert ", val accuracy vs reference 0.750\nresume:" in text  # labelled, and last
+    start = ending(
+        {**summary, "golden_kl_init": 3.25, "val": {**summary["val"], "val/init/rewards/accuracies": 0.7}},
+        tmp_path,
+    )
+    assert (
+        "golden reward -0.500 → 0.250, KL from start 3.25, val accuracy vs start 0.700, val accuracy vs reference 0.750"
+        in start
+    )
+    # The last step copied the policy into the reference: the reference-relative accuracy is no result.
+    reset = ending(
+        {**summary, "ref_update": "hard", "alpha": 1.0, "tau": 20, "ref_updates": 2, "applied_steps": 40},
+        tmp_path,
+    )
+    assert (
+        "val accuracy vs reference: empty (reference = policy at the last step)" in reset
+        and "0.750" not in reset
+    )
     frozen = ending({**summary, "ref_update": "none", "method": "dpo"}, tmp_path / "elsewhere")
     assert "dpo (frozen reference, β=0.1)" in frozen and "none written" in frozen
