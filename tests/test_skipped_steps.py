@@ -14,6 +14,7 @@ from helpers.config import compose_cfg
 from helpers.models import tiny_neox
 from safetensors.torch import load_file
 
+from tralign.checkpoint import checkpoint_name
 from tralign.module import AlignmentModule
 from tralign.reference import ReferenceSchedule
 from tralign.train import run
@@ -67,12 +68,12 @@ def test_hard_update_waits_for_tau_applied_steps_and_resumes_exactly(monkeypatch
     assert torch.equal(weights.reference[3], weights.policy[3])
     assert summary["ref_updates"] == 2 and summary["applied_steps"] == 4
     assert weights.logged == {"ref/updates": 2.0, "ref/applied_steps": 4.0}
-    saved = torch.load(whole / "checkpoints" / "step=2.ckpt", map_location="cpu", weights_only=True)
+    saved = torch.load(whole / "checkpoints" / checkpoint_name(2), map_location="cpu", weights_only=True)
     assert saved["tralign"] == {"ref_updates": 0, "applied_steps": 1}
 
     # Resumed after the skipped step, the run makes the same updates at the same steps.
     resumed = tmp_path / "resumed"
-    ckpt = whole / "checkpoints" / "step=2.ckpt"
+    ckpt = whole / "checkpoints" / checkpoint_name(2)
     again = run(compose_cfg([*common, f"ckpt_path='{ckpt}'"]), resumed)
     assert (again["ref_updates"], again["applied_steps"]) == (2, 4)
     for part in ("policy", "reference"):
