@@ -19,6 +19,7 @@ import difflib
 import os
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,14 @@ def api_compose(
     if isinstance(overrides, str):
         raise TypeError("overrides: a list of strings, e.g. ['method=tr_dpo', 'alpha=0.3']")
     return check_overrides(list(overrides or []), config_name, required=required)
+
+
+class CallableModule(types.ModuleType):
+    """The class of ``tralign.train`` and ``tralign.evaluate``: ``from tralign import train`` gives
+    the module once it is imported (a package's submodule replaces the package attribute of the same
+    name), so the module itself calls its own ``call`` (also :mod:`tralign.api`)."""
+
+    def __call__(
+        self, overrides: Sequence[str] | None = None, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        return self.call(overrides, run_dir=run_dir)

@@ -12,7 +12,6 @@ import json
 import logging
 import statistics
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tralign.cli import CONF, api_compose, api_run_dir, run_command, user_errors
+from tralign.cli import CONF, CallableModule, api_compose, api_run_dir, run_command, user_errors
 from tralign.errors import TralignError
 from tralign.loggers import finish_wandb
 
@@ -184,18 +183,8 @@ def call(overrides: Sequence[str] | None = None, run_dir: str | Path | None = No
     return run(cfg, folder)
 
 
-class _CallableModule(types.ModuleType):
-    """``from tralign import evaluate`` gives this module once it is imported (a package's submodule
-    replaces the package attribute of the same name), so the module itself calls
-    :func:`call` (also :func:`tralign.api.evaluate`): ``evaluate(overrides=[...])`` works either way."""
-
-    def __call__(
-        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
-    ) -> dict[str, Any]:
-        return call(overrides, run_dir=run_dir)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# ``from tralign import evaluate; evaluate(overrides=[...])``: the module itself calls :func:`call`.
+sys.modules[__name__].__class__ = CallableModule
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-import types
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tralign.build import build, effective_setup, preflight
-from tralign.cli import CONF, api_compose, api_run_dir, run_command, user_errors
+from tralign.cli import CONF, CallableModule, api_compose, api_run_dir, run_command, user_errors
 from tralign.config import validate
 from tralign.ending import ending
 from tralign.errors import TralignError, exit_on_user_error
@@ -130,18 +129,8 @@ def call(overrides: Sequence[str] | None = None, run_dir: str | Path | None = No
     return run(cfg, folder)
 
 
-class _CallableModule(types.ModuleType):
-    """``from tralign import train`` gives this module once it is imported (a package's submodule
-    replaces the package attribute of the same name), so the module itself calls
-    :func:`call` (also :func:`tralign.api.train`): ``train(overrides=[...])`` works either way."""
-
-    def __call__(
-        self, overrides: list[str] | None = None, run_dir: str | Path | None = None
-    ) -> dict[str, Any]:
-        return call(overrides, run_dir=run_dir)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# ``from tralign import train; train(overrides=[...])``: the module itself calls :func:`call`.
+sys.modules[__name__].__class__ = CallableModule
 
 
 if __name__ == "__main__":
