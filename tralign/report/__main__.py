@@ -2,7 +2,8 @@
 
 Writes results.csv (one row per job, every metric, full precision), results.md (the table for a paper:
 swept values first, best job per method marked, mean over seeds, failed and never-started jobs listed)
-and the PNG plots the jobs support: alpha.png, tau.png, beta_<loss>.png, frontier.png.
+and the PNG plots the jobs support: alpha.png, tau.png, beta_<loss>.png, frontier.png (with seeds:
+frontier_seeds.png, matched_kl.png, and lag.png when the learning rate is swept too).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from tralign.report.cells import KL_KEY
 from tralign.report.frontier import _short, pareto_front  # noqa: F401  (pareto_front re-exported)
+from tralign.report.lag import lag_plot, lag_points
 from tralign.report.plots_seeds import frontier_means, matched_kl_plot
 
 Row = Mapping[str, Any]
@@ -170,6 +171,7 @@ def all_plots(
         keys = [k for k in split if k not in ("alpha", "tau")] + [k for k in split if k in ("alpha", "tau")]
         figures["frontier_seeds"] = frontier_means(rows, metric, KL_KEY, keys)
         figures["matched_kl"] = matched_kl_plot(rows, metric, KL_KEY, baselines) if split else None
+        figures["lag"] = lag_plot(lag_points(rows, swept, metric, baselines), metric)
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tralign.report.cells import KL_KEY, _md_table, _number, fmt
+from tralign.report.lag import lag_points, lag_section
 from tralign.report.meaning import metric_kind
 from tralign.report.stats import (
     group_stats,
@@ -70,6 +71,8 @@ def seed_sections(
             "",
             *_md_table(["metric", "difference", *setting, "mean ± s.e. [95% CI]", "seeds"], diff_rows),
         ]
+    if metric and metric != KL_KEY:
+        lines += lag_section(lag_points(rows, swept, metric, baselines), metric)
     if metric and metric != KL_KEY and setting and any(r.get(KL_KEY) is not None for r in rows):
         lines += matched_kl_section(rows, metric, baselines)
     return lines
