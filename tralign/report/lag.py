@@ -142,7 +142,7 @@ def lag_plot(points: Sequence[LagPoint], metric: str) -> Figure | None:
     ax.set_xscale("log")
     base = points[0].diff.baseline
     ax.set(xlabel="reference lag, learning rate × mean age in steps", ylabel=f"{metric}: variant − {base}",
-           title=f"Paired difference to {base} (95% interval over seeds) against the reference's lag")  # fmt: skip
+           title=f"Paired difference to {base}, 95% interval over seeds")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
