@@ -77,7 +77,8 @@ def plot_against(
         xs, ys, sems = means_by_x(pts)
         line = ax.errorbar(xs, ys, yerr=sems, marker="o", capsize=3, label=name).lines[0]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.35, color=line.get_color())
-    if x in ("tau", "beta"):  # grids that double; ticks at the swept values
+    spans_decades = xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 10
+    if x in ("tau", "beta") or (x == "alpha" and spans_decades):  # log grids; ticks at the swept values
         ax.set_xscale("log", base=2 if x == "tau" else 10)
         ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
         ax.minorticks_off()
