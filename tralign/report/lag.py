@@ -121,28 +121,39 @@ def _interval(diff: PairedDiff) -> tuple[float, float]:
 
 
 def lag_plot(points: Sequence[LagPoint], metric: str) -> Figure | None:
-    """The paired difference (mean, 95% interval) against the lag on a log axis, one colour per
-    learning rate, one marker per update rule; None with fewer than two points."""
+    """The paired difference (mean, 95% interval) against the lag on log axes, in optimizer steps
+    (left) and in learning rate × steps (right); one colour per learning rate, one marker per update
+    rule. None with fewer than two points."""
     if len(points) < 2:
         return None
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     markers = {"soft": "o", "hard": "s"}
     rates = sorted({p.lr for p in points})
-    for lr in rates:
-        for rule, marker in markers.items():
-            pts = [p for p in points if p.lr == lr and p.label.endswith(rule)]
-            if not pts:
-                continue
-            bars = [_interval(p.diff) for p in pts]
-            ax.errorbar([p.lag for p in pts], [p.diff.stats.mean for p in pts],
-                        yerr=[[b[0] for b in bars], [b[1] for b in bars]], fmt=marker, capsize=3,
-                        label=f"{rule}, lr {lr:g}", color=f"C{rates.index(lr)}")  # fmt: skip
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xscale("log")
     base = points[0].diff.baseline
-    ax.set(xlabel="reference lag, learning rate × mean age in steps", ylabel=f"{metric}: variant − {base}",
-           title=f"Paired difference to {base}, 95% interval over seeds")  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, xlabel in (
+        # Steps do not depend on the learning rate: spread the rates a little so the bars stay apart.
+        (
+            axes[0],
+            lambda p: p.steps * 1.08 ** (rates.index(p.lr) - 1),
+            "reference lag: mean age in optimizer steps, τ·(1/α − 1/2) (rates spread)",
+        ),
+        (axes[1], lambda p: p.lag, "reference lag: learning rate × mean age"),
+    ):
+        for lr in rates:
+            for rule, marker in markers.items():
+                pts = [p for p in points if p.lr == lr and p.label.endswith(rule)]
+                if not pts:
+                    continue
+                bars = [_interval(p.diff) for p in pts]
+                ax.errorbar([x(p) for p in pts], [p.diff.stats.mean for p in pts],
+                            yerr=[[b[0] for b in bars], [b[1] for b in bars]], fmt=marker, capsize=3,
+                            label=f"{rule}, lr {lr:g}", color=f"C{rates.index(lr)}")  # fmt: skip
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel=f"{metric}: variant − {base}")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Paired difference to {base}, 95% interval over seeds")
     return fig
