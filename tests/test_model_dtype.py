@@ -253,6 +253,49 @@ def test_half_checkpoint_trains_fp32_at_lr_1e6(
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("name", "base_dtype"),
+    [("llama-bf16", "bfloat16"), ("neox-fp16", "float32")],
+    ids=["llama-bf16-base", "neox-fp16-upcast"],
+)
+def test_lora_on_a_half_checkpoint_trains_fp32_adapters(
+    name: str, base_dtype: str, checkpoints: dict[str, Path], shared: Path, tmp_path: Path
+) -> None:
+    """LoRA from a hub-style half checkpoint at the paper's lr: the frozen base stays in ``model.dtype``
+    (bf16 keeps an 8B base at 16 GB) and is never changed, while the adapters, their gradients and AdamW's
+    state are float32 (a bf16 adapter would round 1e-6-sized updates away), with a moving reference adapter."""
+    folder = checkpoints[name]
+    extra = ["model.lora.r=4", f"model.dtype={base_dtype}", "ref_update=soft", "alpha=0.6"]
+    summary = run(compose_cfg(_real_run(folder, shared, *extra), shrink=False), tmp_path)
+    assert summary["status"] == "completed" and summary["global_step"] == 3
+    assert math.isfinite(summary["val"]["val/loss"]) and summary["ref_updates"] == 3
+    assert summary["dtypes"]["master"] == "float32" and summary["dtypes"]["base"] == base_dtype
+    state = torch.load(tmp_path / "checkpoints" / "step-000003.ckpt", map_location="cpu", weights_only=True)
+    weights = state["state_dict"]
+    adapters = {k: v for k, v in weights.items() if "lora_" in k}
+    base = {
+        k: v
+        for k, v in weights.items()
+        if k.startswith("policy.") and "lora_" not in k and v.is_floating_point()
+    }
+    assert adapters and {v.dtype for v in adapters.values()} == {torch.float32}
+    assert {v.dtype for v in base.values()} == {getattr(torch, base_dtype)}
+    adam = state["optimizer_states"][0]["state"]
+    assert {t.dtype for st in adam.values() for k, t in st.items() if k != "step"} == {torch.float32}
+    # The trained adapter moved (B starts at 0); the base is the checkpoint's, exactly (frozen).
+    trained_b = [v for k, v in adapters.items() if ".lora_B.default." in k]
+    assert trained_b and all(bool(torch.isfinite(v).all()) for v in trained_b)
+    assert any(bool((v != 0).any()) for v in trained_b)
+    # The checkpoint as transformers names it in a model (GPT-NeoX's stored embed_out is lm_head).
+    start = build_policy({"name_or_path": str(folder), "dtype": base_dtype}, None).state_dict()
+    for key, value in start.items():
+        head, _, leaf = f"policy.base_model.model.{key}".rpartition(".")
+        mine = base.get(f"{head}.{leaf}", base.get(f"{head}.base_layer.{leaf}"))
+        assert mine is not None and torch.equal(mine, value.to(mine.dtype)), key
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_bf16_llama_checkpoint_trains_fp32_on_two_fsdp2_ranks(
     checkpoints: dict[str, Path], shared: Path, tmp_path: Path
 ) -> None:

@@ -193,6 +193,19 @@ def effective_setup(cfg: DictConfig, export_dtype: Any) -> dict[str, Any]:
     from tralign.dtypes import compute_dtype, master_dtype, name, parse_dtype, reference_dtype
 
     master = master_dtype(cfg.model)
+    dtypes = {
+        "master": name(master),
+        "reference": name(reference_dtype(cfg.model)),
+        "compute": name(compute_dtype(cfg.trainer, master)),
+        "export": name(parse_dtype(export_dtype)),
+    }
+    if (cfg.model.get("lora") or {}).get("r") is not None:
+        # LoRA trains float32 adapters (tralign.lora.adapters) on a frozen base in model.dtype.
+        dtypes = {
+            "master": "float32",
+            "base": name(master),
+            **{k: v for k, v in dtypes.items() if k != "master"},
+        }
     return {
         "lr": float(cfg.optim.lr),
         "warmup_steps": int(cfg.optim.warmup_steps),
@@ -201,10 +214,5 @@ def effective_setup(cfg: DictConfig, export_dtype: Any) -> dict[str, Any]:
         "alpha": float(cfg.alpha),
         "tau": int(cfg.tau),
         "precision": str(cfg.trainer.precision),
-        "dtypes": {
-            "master": name(master),
-            "reference": name(reference_dtype(cfg.model)),
-            "compute": name(compute_dtype(cfg.trainer, master)),
-            "export": name(parse_dtype(export_dtype)),
-        },
+        "dtypes": dtypes,
     }

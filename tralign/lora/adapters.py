@@ -59,8 +59,18 @@ def apply_lora(model: nn.Module, settings: LoraSettings, *, moving_reference: bo
     peft_model = get_peft_model(model, config)
     if moving_reference:
         _add_reference_adapter(peft_model, settings)
+    _fp32_adapters(peft_model)
     peft_model.tralign_lora = settings
     return peft_model
+
+
+def _fp32_adapters(peft_model: nn.Module) -> None:
+    """Adapters are the trained (master) weights: float32 whatever the base's dtype, so a bf16 or
+    fp16 base (``model.dtype=bfloat16``) never rounds away their small updates (peft's
+    ``autocast_adapter_dtype`` does the same today; this does not depend on it)."""
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def _check_targets(model: nn.Module, targets: str | list[str]) -> None:
