@@ -19,6 +19,7 @@ import torch
 from helpers.callbacks import PoisonGradients, with_callbacks
 from helpers.config import SHRINK, compose_cfg
 from helpers.paths import REPO
+from helpers.processes import run_python
 from helpers.runs import RUN, TWO_PROC, assert_same, train_here
 
 import tralign.guards as guards
@@ -127,15 +128,7 @@ def test_cli_nonfinite_stop_exits_3_with_one_line(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     args = [*SHRINK, "guard.max_consecutive_nonfinite=2", f"hydra.run.dir={tmp_path}/run"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, str(driver), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python([str(driver), *args], tmp_path, timeout=300)
     assert result.returncode == 3, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("tralign: error:")]
     assert len(errors) == 1 and "2 consecutive optimizer steps" in errors[0], result.stderr[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from helpers.config import SHRINK, compose_cfg
 from helpers.dispatch import run_workers
 from helpers.models import tiny_model, tiny_neox
 from helpers.paths import REPO
-from helpers.processes import run_cli, sigkill_after_checkpoint
+from helpers.processes import TORCHRUN, run_cli, run_python, sigkill_after_checkpoint
 from helpers.runs import RUN, TWO_PROC, assert_same, train_here
 
 from tralign.checkpoint import PARTIAL, AtomicCheckpoint, replace_path
@@ -266,26 +265,11 @@ def test_two_process_fsdp2_matches_one_process_soft_via_torchrun(tmp_path: Path,
     """torchrun launches the ranks itself (as on a cluster); Lightning sees it and spawns nothing.
     The same data.global_batch_size on both: one process accumulates 2 micro-batches of at most 4
     rows (data.batch_size), two processes run 4 rows each; they train on the same rows step for step."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [
-            *launch,
-            "-m",
-            "tralign.train",
-            *RUN,
-            *TWO_PROC,
-            "data.global_batch_size=8",
-            "data.batch_size=4",
-            "trainer.max_steps=8",
-        ]
-        + [f"hydra.run.dir={tmp_path / 'two'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_python(
+        [*TORCHRUN, "-m", "tralign.train", *RUN, *TWO_PROC, "data.global_batch_size=8", "data.batch_size=4",
+         "trainer.max_steps=8", f"hydra.run.dir={tmp_path / 'two'}"],
+        tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     two = tmp_path / "two"
     assert_same(one_process, two, atol=1e-5)

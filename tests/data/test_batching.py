@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +14,8 @@ import lightning as L
 import pytest
 import torch
 from helpers.config import SHRINK, compose_cfg, synthetic_data_cfg
-from helpers.paths import REPO, SHARED
-from helpers.processes import run_cli
+from helpers.paths import SHARED, pythia_tokenizer
+from helpers.processes import run_cli, run_python
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tralign.data import tokenize
@@ -33,7 +30,6 @@ from tralign.data.tokenize import Lengths, encode_columns, encode_row
 from tralign.errors import DataError
 
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
-PYTHIA = SHARED / "tokenizers" / "pythia"
 ASSISTANT = "\n\nAssistant:"
 
 
@@ -54,13 +50,7 @@ def synth_tok():
 
 @pytest.fixture(scope="module")
 def pythia():
-    if not PYTHIA.is_dir():
-        pytest.skip("../shared (Pythia tokenizer) not present")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(PYTHIA))
-    tok.pad_token = tok.eos_token  # as tralign.models.build_tokenizer does
-    return tok
+    return pythia_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -579,15 +569,7 @@ trainer.fit(Recorder(), datamodule=PreferenceDataModule(cfg, tok, seed=0))
 def test_two_process_ddp_gets_disjoint_equal_shares(tmp_path: Path) -> None:
     script = tmp_path / "ddp_shares.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python([str(script), str(tmp_path)], tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(s["num_replicas"], s["rank"]) for s in shares] == [(2, 0), (2, 1)]

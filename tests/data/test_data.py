@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 from helpers.config import SYNTH_TASK, synthetic_data_cfg
-from helpers.paths import SHARED
+from helpers.paths import SHARED, pythia_tokenizer
 
 from tralign.data.collate import PairCollator, SFTCollator, pad_fraction
 from tralign.data.datamodule import PreferenceDataModule
@@ -35,7 +35,6 @@ from tralign.logprobs import sequence_logps
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PYTHIA = SHARED / "tokenizers" / "pythia"
 TLDR_VALID = SHARED / "data" / "tldr" / "comparisons_valid.jsonl.gz"
 
 # The synthetic tokenizer's documented vocabulary: <pad>=0, <eos>=1, <unk>=2, "Q:"=3, "->"=4, words.
@@ -62,14 +61,7 @@ def synth_tok() -> PreTrainedTokenizerBase:
 
 @pytest.fixture(scope="module")
 def pythia() -> PreTrainedTokenizerBase:
-    if not PYTHIA.is_dir():
-        pytest.skip("../shared not present")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(PYTHIA))
-    if tok.pad_token_id is None:  # as tralign.models.build_tokenizer does
-        tok.pad_token = tok.eos_token
-    return tok
+    return pythia_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers.paths import SHARED
+from helpers.paths import pythia_tokenizer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +30,6 @@ from tralign.data.synthetic import SyntheticTask
 from tralign.errors import TralignError
 
 pytestmark = pytest.mark.fuzz  # hypothesis: python -m pytest -m 'not fuzz' skips these
-
-PYTHIA = SHARED / "tokenizers" / "pythia"
 
 
 def fuzz(n: int) -> settings:
@@ -48,14 +46,7 @@ def fuzz(n: int) -> settings:
 def tok(request):
     if request.param == "synthetic":
         return SyntheticTask().build_tokenizer()
-    if not PYTHIA.is_dir():
-        pytest.skip("../shared/tokenizers/pythia not present")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(PYTHIA))
-    if tokenizer.pad_token_id is None:  # as tralign.models.build_tokenizer does
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return pythia_tokenizer()
 
 
 # --------------------------------------------------------------------------- random rows

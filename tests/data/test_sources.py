@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from helpers.config import compose_cfg
-from helpers.paths import CONF, SHARED
+from helpers.paths import CONF, PYTHIA, SHARED
 
 from tralign.config import validate
 from tralign.data.formats.fields import Tally
@@ -24,7 +24,6 @@ from tralign.errors import ConfigError, DataError
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 TLDR_VALID = SHARED / "data" / "tldr" / "comparisons_valid.jsonl.gz"
 TLDR_SFT = SHARED / "data" / "tldr" / "sft_sample.jsonl.gz"
-PYTHIA = SHARED / "tokenizers" / "pythia"
 
 # A small Jinja chat template (the Pythia tokenizer ships none), so the rendering is known exactly.
 CHAT_TEMPLATE = (

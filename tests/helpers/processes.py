@@ -21,16 +21,16 @@ def cli_env(**env: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
 
 
+def run_python(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (a script, ``-m MODULE`` or ``TORCHRUN``) offline in ``cwd``, output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_cli(module: str, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """Run ``python -m MODULE ARGS`` offline in ``cwd``, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=cli_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python(["-m", module, *args], cwd, **env)
 
 
 def sigkill_after_checkpoint(
