@@ -28,11 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-# Byte-code caches on, as Python has them by default: with PYTHONDONTWRITEBYTECODE set (some CI images
-# and sandboxes set it), every one of the ~150 runs the tests start compiles tralign's modules from
-# source again (~1 CPU-s each, measured). The caches go to __pycache__/, which git ignores.
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-sys.dont_write_bytecode = False
 # Tokenised-data caches of the tests go to a throwaway folder, not ~/.cache/tralign.
 os.environ.setdefault("TRALIGN_CACHE", tempfile.mkdtemp(prefix="tralign-test-cache-"))
 
