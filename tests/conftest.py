@@ -32,14 +32,6 @@ if "torch" in sys.modules:  # imported before this file (by a plugin): the varia
 os.environ.setdefault("TRALIGN_CACHE", tempfile.mkdtemp(prefix="tralign-test-cache-"))
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker more than there are cores. Most of a worker's wall time is spent in the
-    runs it starts (interpreter start-up, torchrun rendezvous, waiting for a checkpoint or a signal);
-    with one worker per core those waits leave a core idle (measured on 2 cores: 172% CPU, 10:10
-    wall on a fresh clone), so a third worker fills them."""
-    return (os.cpu_count() or 1) + 1
-
-
 @pytest.fixture
 def shared() -> Path:
     if not SHARED.is_dir():
