@@ -9,7 +9,8 @@ from typing import Any
 KL_KEY = "golden_kl_init"  # KL(policy ‖ starting policy) on the embedded task
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A finite int or float as a float; None for anything else (bools, strings, NaN, missing)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None

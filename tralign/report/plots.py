@@ -5,7 +5,6 @@ no display."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -14,19 +13,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tralign.report.cells import KL_KEY
+from tralign.report.cells import KL_KEY, number
 from tralign.report.frontier import _short, pareto_front  # noqa: F401  (pareto_front re-exported)
 from tralign.report.lag import lag_plot, lag_points
 from tralign.report.plots_seeds import frontier_means, matched_kl_plot
+from tralign.report.stats import completed_with
 
 Row = Mapping[str, Any]
 NAMES = {"alpha": "α (soft update weight)", "tau": "τ (optimizer steps between hard updates)", "beta": "β"}
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _points(
@@ -36,11 +30,9 @@ def _points(
     label plus the ``split`` values (swept keys other than ``x`` and the seed), so that only seeds
     are averaged."""
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for row in rows:
-        xv, yv = _num(row.get(x)), _num(row.get(y))
-        if row.get("status") == "completed" and xv is not None and yv is not None:
-            name = " ".join([row["label"], *(_short(k, row.get(k)) for k in split if row.get(k) is not None)])
-            out[name].append((xv, yv))
+    for row in completed_with(rows, x, y):
+        name = " ".join([row["label"], *(_short(k, row.get(k)) for k in split if row.get(k) is not None)])
+        out[name].append((number(row[x]), number(row[y])))
     return dict(out)
 
 
@@ -98,13 +90,8 @@ def plot_frontier(
     the method's Pareto front; the starting policy (``<metric>_init``) as a star at KL 0. The paper's
     over-optimisation picture: points falling to the right are over-optimised."""
     series: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        if (
-            row.get("status") == "completed"
-            and _num(row.get(kl)) is not None
-            and _num(row.get(metric)) is not None
-        ):
-            series[row["label"]].append(row)
+    for row in completed_with(rows, kl, metric):
+        series[row["label"]].append(row)
     if sum(len(s) for s in series.values()) < 2:
         return None
     fig = Figure(figsize=(7, 5), layout="constrained")
@@ -114,8 +101,8 @@ def plot_frontier(
         points = ax.errorbar(
             [r[kl] for r in members],
             [r[metric] for r in members],
-            xerr=[_num(r.get(f"{kl}_sem")) or 0.0 for r in members],
-            yerr=[_num(r.get(f"{metric}_sem")) or 0.0 for r in members],
+            xerr=[number(r.get(f"{kl}_sem")) or 0.0 for r in members],
+            yerr=[number(r.get(f"{metric}_sem")) or 0.0 for r in members],
             fmt="o",
             capsize=2,
             alpha=0.8,
@@ -129,7 +116,9 @@ def plot_frontier(
             ax.annotate(
                 text, (r[kl], r[metric]), xytext=(4, 4), textcoords="offset points", fontsize=7, color=color
             )
-    starts = [v for v in (_num(r.get(f"{metric}_init")) for m in series.values() for r in m) if v is not None]
+    starts = [
+        v for v in (number(r.get(f"{metric}_init")) for m in series.values() for r in m) if v is not None
+    ]
     if starts:
         ax.scatter(
             [0.0], [statistics.fmean(starts)], marker="*", s=120, color="black", label="starting policy"

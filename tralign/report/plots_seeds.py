@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tralign.report.frontier import _short, pareto_front
-from tralign.report.stats import kl_budgets, matched_kl, number, seed_stats
+from tralign.report.stats import completed_with, kl_budgets, matched_kl, number, seed_stats
 
 Row = Mapping[str, Any]
 
@@ -20,13 +20,8 @@ def frontier_means(rows: Sequence[Row], metric: str, kl: str, keys: Sequence[str
     """One point per (method, setting): mean KL and mean ``metric`` over seeds, error bars one s.e.
     each way, labelled with the setting (β, steps ...); the line joins each method's Pareto front."""
     groups: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        if (
-            r.get("status") == "completed"
-            and number(r.get(kl)) is not None
-            and number(r.get(metric)) is not None
-        ):
-            groups[(r["label"], *(r.get(k) for k in keys))].append(r)
+    for r in completed_with(rows, kl, metric):
+        groups[(r["label"], *(r.get(k) for k in keys))].append(r)
     if len(groups) < 2 or max(len(m) for m in groups.values()) < 2:
         return None
     fig = Figure(figsize=(7.5, 5), layout="constrained")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tralign.report.cells import KL_KEY, _md_table, _number, fmt
+from tralign.report.cells import KL_KEY, _md_table, fmt, number
 from tralign.report.lag import lag_points, lag_section
 from tralign.report.meaning import metric_kind
 from tralign.report.stats import (
@@ -39,7 +39,7 @@ def seed_sections(
         for m in dict.fromkeys([*SEED_METRICS, *([metric] if metric else [])])
         if metric_kind(m) != "reference"
     ]
-    cols = [m for m in cols if any(_number(r.get(m)) is not None for r in rows if r["status"] == "completed")]
+    cols = [m for m in cols if any(number(r.get(m)) is not None for r in rows if r["status"] == "completed")]
     if not cols:
         return []
     stats = {m: group_stats(rows, keys, m) for m in cols}

@@ -17,6 +17,8 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
+from tralign.report.cells import number
+
 # Swept keys that say *which method* a row is (``sweep``: the +sweep= file, e.g. regime_dpo vs regime_soft);
 # every other swept key but the seed is the setting the method ran in, which a paired baseline must share.
 METHOD_KEYS = ("method", "ref_update", "alpha", "tau", "label", "sweep")
@@ -45,12 +47,6 @@ class SeedStats:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def seed_stats(values: Sequence[float], level: float = 0.95) -> SeedStats:
     """Mean, s.e. = sd/√n (sample sd, n − 1) and mean ± t_{n−1, (1+level)/2} · s.e."""
     values = [float(v) for v in values]
@@ -70,8 +66,11 @@ def setting_keys(swept: Sequence[str]) -> list[str]:
     return [k for k in swept if k not in METHOD_KEYS and k != SEED_KEY]
 
 
-def _done(rows: Sequence[Mapping[str, Any]], metric: str) -> list[Mapping[str, Any]]:
-    return [r for r in rows if r.get("status") == "completed" and number(r.get(metric)) is not None]
+def completed_with(rows: Sequence[Mapping[str, Any]], *keys: str) -> list[Mapping[str, Any]]:
+    """The completed rows that have a finite number under every one of ``keys``."""
+    return [
+        r for r in rows if r.get("status") == "completed" and all(number(r.get(k)) is not None for k in keys)
+    ]
 
 
 def group_stats(
@@ -80,7 +79,7 @@ def group_stats(
     """``(label, *values of keys) -> SeedStats`` of ``metric`` over the completed rows (the seeds);
     ``keys`` are the swept keys without the seed (α, τ, β, ...), so only seeds are pooled."""
     groups: dict[tuple, list[float]] = defaultdict(list)
-    for row in _done(rows, metric):
+    for row in completed_with(rows, metric):
         groups[(row["label"], *(row.get(k) for k in keys))].append(number(row[metric]))
     return {key: seed_stats(values) for key, values in groups.items()}
 
@@ -125,7 +124,7 @@ def paired_differences(
     maps a label to its baseline label (default: :func:`default_baselines`, TR-X -> X); ``{"*": "DPO"}``
     compares every other label with DPO. ``PairedDiff.setting`` is the swept α/τ values then the
     setting's. A baseline with several α/τ variants in one setting is matched on α/τ too."""
-    done = _done(rows, metric)
+    done = completed_with(rows, metric)
     keys, own = setting_keys(swept), own_keys(swept)
     labels = list(dict.fromkeys(r["label"] for r in done))
     if baselines is None:
@@ -165,7 +164,7 @@ def best_within(points: Sequence[tuple[float, float]], budget: float) -> float |
 def kl_budgets(rows: Sequence[Mapping[str, Any]], metric: str, kl: str, n: int = 6) -> list[float]:
     """``n`` KL budgets, evenly spaced from the smallest budget every (method, seed) reaches (its
     lowest-KL point) to the largest KL seen, rounded to 0.5 nats."""
-    done = [r for r in _done(rows, metric) if number(r.get(kl)) is not None]
+    done = completed_with(rows, metric, kl)
     lows: dict[tuple, float] = {}
     for r in done:
         key = (r["label"], r.get(SEED_KEY))
@@ -190,9 +189,8 @@ def matched_kl(
     Returns the mean over seeds per ``(label, budget)`` and the paired differences to the baseline's
     frontier of the same seed (``setting`` = ``(budget,)``), where both reach the budget."""
     points: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for r in _done(rows, metric):
-        if number(r.get(kl)) is not None:
-            points[(r["label"], r.get(SEED_KEY))].append((number(r[kl]), number(r[metric])))
+    for r in completed_with(rows, metric, kl):
+        points[(r["label"], r.get(SEED_KEY))].append((number(r[kl]), number(r[metric])))
     labels = list(dict.fromkeys(label for label, _ in points))
     if baselines is None:
         baselines = default_baselines(labels)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tralign.report.cells import KL_KEY, _md_table, _number, fmt  # noqa: F401  (KL_KEY re-exported)
+from tralign.report.cells import KL_KEY, _md_table, fmt, number  # noqa: F401  (KL_KEY re-exported)
 from tralign.report.jobs import Job, parse_value
 from tralign.report.meaning import metric_kind, reference_equals_policy
 from tralign.report.seed_tables import seed_sections
@@ -108,7 +108,7 @@ def pick_metric(rows: Sequence[Mapping[str, Any]], requested: str | None = None)
     if requested:
         return requested
     done = [r for r in rows if r["status"] == "completed"]
-    return next((m for m in METRIC_PREFERENCE if any(_number(r.get(m)) is not None for r in done)), None)
+    return next((m for m in METRIC_PREFERENCE if any(number(r.get(m)) is not None for r in done)), None)
 
 
 def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
@@ -120,7 +120,7 @@ def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
     sign = 1.0 if higher_is_better(metric) else -1.0
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
-        value = _number(row.get(metric))
+        value = number(row.get(metric))
         if row["status"] != "completed" or value is None or is_empty(row, metric):
             continue
         current = best.get(row["label"])
