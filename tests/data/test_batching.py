@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 from helpers.config import SHRINK, compose_cfg, synthetic_data_cfg
-from helpers.paths import SHARED, pythia_tokenizer
+from helpers.paths import SHARED
 from helpers.processes import run_cli, run_python
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -41,16 +41,6 @@ def _lengths(n: int, seed: int = 0) -> list[int]:
 def _epoch(sampler: LengthGroupedBatchSampler, epoch: int) -> list[list[int]]:
     sampler.set_epoch(epoch)
     return list(sampler)
-
-
-@pytest.fixture(scope="module")
-def synth_tok():
-    return SyntheticTask().build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def pythia():
-    return pythia_tokenizer()
 
 
 @pytest.fixture(scope="module")

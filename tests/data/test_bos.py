@@ -4,9 +4,8 @@ already writes BOS."""
 
 from __future__ import annotations
 
-import pytest
 from helpers.models import tiny_neox
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from tralign.data.formats.chat import chat_pair
 from tralign.data.formats.fields import Tally
@@ -48,13 +47,6 @@ def bos_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
 
 def ids(text: str) -> list[int]:
     return [ID[w] for w in text.split()]
-
-
-@pytest.fixture
-def pythia(shared):
-    tok = AutoTokenizer.from_pretrained(str(shared / "tokenizers" / "pythia"))
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return tok
 
 
 def test_bos_is_added_as_the_tokenizers_own_call_does():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 from helpers.config import SYNTH_TASK, synthetic_data_cfg
-from helpers.paths import SHARED, pythia_tokenizer
+from helpers.paths import SHARED
 
 from tralign.data.collate import PairCollator, SFTCollator, pad_fraction
 from tralign.data.datamodule import PreferenceDataModule
@@ -33,7 +33,7 @@ from tralign.errors import DataError
 from tralign.logprobs import sequence_logps
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    pass
 
 TLDR_VALID = SHARED / "data" / "tldr" / "comparisons_valid.jsonl.gz"
 
@@ -50,18 +50,6 @@ def wid(text: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def synth_tok() -> PreTrainedTokenizerBase:
-    tok = SyntheticTask().build_tokenizer()
-    assert (tok.pad_token_id, tok.eos_token_id) == (PAD, EOS)
-    return tok
-
-
-@pytest.fixture(scope="module")
-def pythia() -> PreTrainedTokenizerBase:
-    return pythia_tokenizer()
 
 
 @pytest.fixture(scope="module")
