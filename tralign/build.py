@@ -191,21 +191,17 @@ def effective_setup(cfg: DictConfig, export_dtype: Any) -> dict[str, Any]:
     """What this run trains with, as the composed config resolved it (tiny model, task tuning,
     experiment bundle and command line included): the first log line and part of summary.json."""
     from tralign.dtypes import compute_dtype, master_dtype, name, parse_dtype, reference_dtype
+    from tralign.lora.config import lora_settings
 
     master = master_dtype(cfg.model)
-    dtypes = {
-        "master": name(master),
-        "reference": name(reference_dtype(cfg.model)),
-        "compute": name(compute_dtype(cfg.trainer, master)),
-        "export": name(parse_dtype(export_dtype)),
-    }
-    if (cfg.model.get("lora") or {}).get("r") is not None:
-        # LoRA trains float32 adapters (tralign.lora.adapters) on a frozen base in model.dtype.
-        dtypes = {
-            "master": "float32",
-            "base": name(master),
-            **{k: v for k, v in dtypes.items() if k != "master"},
-        }
+    lora = lora_settings(cfg.model) is not None
+    # LoRA trains float32 adapters (tralign.lora.adapters) on a frozen base in model.dtype.
+    dtypes = {"master": "float32", "base": name(master)} if lora else {"master": name(master)}
+    dtypes.update(
+        reference=name(reference_dtype(cfg.model)),
+        compute=name(compute_dtype(cfg.trainer, master)),
+        export=name(parse_dtype(export_dtype)),
+    )
     return {
         "lr": float(cfg.optim.lr),
         "warmup_steps": int(cfg.optim.warmup_steps),

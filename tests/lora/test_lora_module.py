@@ -197,3 +197,31 @@ def test_params_count_what_each_reference_costs(tok) -> None:
         loss="sft",
     )
     assert sft.reference is None and param_counts(sft)["reference_extra"] == 0
+
+
+def test_adapters_are_float32_on_a_bf16_base_whatever_peft_does() -> None:
+    """``_fp32_adapters`` casts every adapter (trained and reference) to float32 and leaves the base
+    alone; here peft's own autocast is off, so the bf16 adapters it built must come out float32."""
+    from helpers.models import tiny_neox
+    from peft import LoraConfig, get_peft_model
+
+    from tralign.lora.adapters import _fp32_adapters
+
+    model = tiny_neox(0).to(torch.bfloat16)
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"),
+        autocast_adapter_dtype=False,
+    )
+    peft_model.add_adapter(
+        REFERENCE,
+        LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"),
+        autocast_adapter_dtype=False,
+    )
+    named = dict(peft_model.named_parameters())
+    assert {p.dtype for n, p in named.items() if "lora_" in n} == {torch.bfloat16}  # the case to mend
+    _fp32_adapters(peft_model)
+    named = dict(peft_model.named_parameters())
+    assert {p.dtype for n, p in named.items() if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in named.items() if "lora_" not in n} == {torch.bfloat16}
+    assert any(f".{REFERENCE}." in n for n in named if "lora_" in n)
